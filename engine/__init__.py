@@ -1,0 +1,3 @@
+"""FRVD face-reenactment inference engine."""
+
+__version__ = "0.1.0"
