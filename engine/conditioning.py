@@ -1,0 +1,87 @@
+"""What the denoiser is conditioned on, computed once per source image.
+
+Each function copies one of the release's preprocessing habits exactly (they change the
+numbers): the uint8 round trip of the source, CLIP's antialiased resize done in [-1, 1],
+the noise-augmented VAE latent taken from the posterior mode WITHOUT the scaling factor,
+and the micro-conditioning ids (fps - 1, motion bucket, noise strength).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL
+from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import (
+    _resize_with_antialiasing,
+)
+from transformers import CLIPVisionModelWithProjection
+
+CLIP_SIZE = (224, 224)
+
+
+@dataclass
+class Conditioning:
+    """The classifier-free-guidance pairs (row 0 unconditional = zeros, row 1 conditional)."""
+
+    image_embeddings: torch.Tensor  # [2, 1, D]   CLIP image embedding
+    image_latents: torch.Tensor  # [2, 4, h, w]  VAE posterior mode of the noise-augmented source
+    added_time_ids: torch.Tensor  # [2, 3]        fps - 1, motion bucket id, noise aug strength
+
+
+def to_pm1(frames_u8: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 [..., H, W, 3] -> float32 [..., 3, H, W] in [-1, 1], as inference.py computes it."""
+    t = torch.as_tensor(np.asarray(frames_u8))
+    return t.movedim(-1, -3).to(torch.float32) / 127.5 - 1.0
+
+
+def reference_image_u8(source_u8: np.ndarray) -> np.ndarray:
+    """The PIL image the release gives CLIP and the VAE: a float32 round trip that truncates.
+
+    ``np.uint8((u8 / 127.5 - 1 + 1) * 127.5)`` can land one below the input value.
+    """
+    pm1 = torch.as_tensor(np.asarray(source_u8)).to(torch.float32) / 127.5 - 1.0
+    return ((pm1.numpy() + 1) * 127.5).astype(np.uint8)
+
+
+def pil_like_tensor(image_u8: np.ndarray) -> torch.Tensor:
+    """uint8 [H, W, 3] -> float32 [1, 3, H, W] in [0, 1] (diffusers' pil_to_numpy + numpy_to_pt)."""
+    arr = np.asarray(image_u8).astype(np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
+
+
+def clip_pixels(reference_u8: np.ndarray, mean: list[float], std: list[float]) -> torch.Tensor:
+    """[1, 3, 224, 224]: resize with antialiasing in [-1, 1], back to [0, 1], CLIP mean/std."""
+    x = pil_like_tensor(reference_u8) * 2.0 - 1.0
+    x = _resize_with_antialiasing(x, CLIP_SIZE)
+    x = (x + 1.0) / 2.0
+    mean_t = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+    std_t = torch.tensor(std, dtype=torch.float32)[:, None, None]
+    return (x - mean_t) / std_t
+
+
+@torch.no_grad()
+def encode_clip(image_encoder: CLIPVisionModelWithProjection, pixels: torch.Tensor) -> torch.Tensor:
+    """[1, 3, 224, 224] -> [2, 1, D]: zeros (unconditional) then the image embedding."""
+    param = next(image_encoder.parameters())
+    embeds = image_encoder(pixels.to(param.device, param.dtype)).image_embeds[:, None]
+    return torch.cat([torch.zeros_like(embeds), embeds])
+
+
+@torch.no_grad()
+def encode_vae_condition(
+    vae: AutoencoderKL, reference_u8: np.ndarray, noise: torch.Tensor, noise_aug_strength: float
+) -> torch.Tensor:
+    """[2, 4, h, w]: zeros then mode(q(z | source + strength * noise)), unscaled (release habit)."""
+    param = next(vae.parameters())
+    image = pil_like_tensor(reference_u8) * 2.0 - 1.0
+    image = image + noise_aug_strength * noise.to(image.dtype)
+    latents = vae.encode(image.to(param.device, param.dtype)).latent_dist.mode()
+    return torch.cat([torch.zeros_like(latents), latents])
+
+
+def added_time_ids(fps: int, motion_bucket_id: int, noise_aug_strength: float) -> torch.Tensor:
+    """[2, 3] float32; SVD was trained on fps - 1."""
+    ids = torch.tensor([[fps - 1, motion_bucket_id, noise_aug_strength]], dtype=torch.float32)
+    return ids.repeat(2, 1)

@@ -1,0 +1,79 @@
+"""``python -m engine.fixtures DIR``: reproduce every official-release fixture found in DIR.
+
+DIR is laid out like ``../shared/fixtures/official/``: each ``<kind>_config.json`` with its
+safetensors (kinds: liveportrait, wfm_unet, pipeline). Prints one row per tensor (name,
+max relative error, tolerance, pass/fail) and exits non-zero if any tensor fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from engine.fixture_kinds import TensorCheck
+
+KINDS = ("liveportrait", "wfm_unet", "pipeline")
+
+
+def discover(fixture_dir: Path) -> list[str]:
+    return [kind for kind in KINDS if (fixture_dir / f"{kind}_config.json").is_file()]
+
+
+def run_kind(kind: str, fixture_dir: Path, **options: object) -> list[TensorCheck]:
+    module = importlib.import_module(f"engine.fixture_kinds.{kind}")
+    return module.reproduce(fixture_dir, **options)
+
+
+def format_rows(kind: str, checks: list[TensorCheck]) -> list[str]:
+    rows = []
+    for c in checks:
+        status = "pass" if c.passed else "FAIL"
+        rows.append(f"{kind:<13} {c.name:<34} {c.error:>11.3e} {c.tol:>9.1e}  {status}")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m engine.fixtures", description=__doc__)
+    p.add_argument("fixture_dir", type=Path)
+    p.add_argument("--kinds", nargs="*", choices=KINDS, default=None, help="only these kinds")
+    p.add_argument("--time-context", choices=["release", "fixed"], default="release")
+    p.add_argument("--window-batch", type=int, default=1, help="pipeline kind: windows per denoiser call")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
+
+    if not args.fixture_dir.is_dir():
+        print(f"error: fixture folder {args.fixture_dir} does not exist", file=sys.stderr)
+        return 2
+    kinds = [k for k in discover(args.fixture_dir) if args.kinds is None or k in args.kinds]
+    if not kinds:
+        print(f"error: no <kind>_config.json for kinds {KINDS} in {args.fixture_dir}", file=sys.stderr)
+        return 2
+
+    print(f"{'kind':<13} {'tensor':<34} {'max rel err':>11} {'tol':>9}  result")
+    failed = total = 0
+    for kind in kinds:
+        options: dict[str, object] = {}
+        if kind in ("wfm_unet", "pipeline"):
+            options["time_context"] = args.time_context
+        if kind == "pipeline":
+            options["window_batch"] = args.window_batch
+        t0 = time.perf_counter()
+        checks = run_kind(kind, args.fixture_dir, **options)
+        for row in format_rows(kind, checks):
+            print(row)
+        failed += sum(not c.passed for c in checks)
+        total += len(checks)
+        print(f"# {kind}: {len(checks)} tensors in {time.perf_counter() - t0:.1f} s", flush=True)
+    print(f"fixtures: {total - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""Build every network of a preset (seeded or from the release's weights) and the pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL
+from torch import nn
+from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+from engine import presets, weights
+from engine.config import ModelConfig, RunConfig, SamplerConfig, WindowConfig
+from engine.models.denoiser import Denoiser
+from engine.models.head_net import HeadNet
+from engine.models.liveportrait.motion_branch import MotionBranch
+from engine.models.unet import SVDUNet, SVDUNetConfig
+from engine.models.wfm import WarpingFeatureMapper
+
+VAE_KEYS = (
+    "in_channels", "out_channels", "down_block_types", "up_block_types", "block_out_channels",
+    "layers_per_block", "act_fn", "latent_channels", "norm_num_groups", "sample_size", "scaling_factor",
+    "force_upcast",
+)  # fmt: skip
+
+
+@dataclass
+class Networks:
+    motion: MotionBranch  # LivePortrait F, M, W, G trunk (always float32)
+    head_net: HeadNet
+    denoiser: Denoiser  # WFM + UNet + infofill
+    vae: AutoencoderKL
+    image_encoder: CLIPVisionModelWithProjection
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {
+            "motion": self.motion,
+            "head_net": self.head_net,
+            "denoiser": self.denoiser,
+            "vae": self.vae,
+            "image_encoder": self.image_encoder,
+        }
+
+    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Networks:
+        for name, module in self.modules().items():
+            # LivePortrait stays float32 whatever the rest runs in (release behaviour).
+            module.to(device=device, dtype=torch.float32 if name == "motion" else dtype)
+        return self
+
+
+def build_networks(model: ModelConfig, time_context: str = "release") -> Networks:
+    """Fresh modules for ``model`` on the current default device (use ``torch.device('meta')`` to skip init)."""
+    unet_cfg = SVDUNetConfig.from_dict(model.unet)
+    unet = SVDUNet(unet_cfg, time_context=time_context)
+    wfm = WarpingFeatureMapper(unet_cfg, time_context=time_context)
+    vae = AutoencoderKL(**{k: v for k, v in model.vae.items() if k in VAE_KEYS})
+    clip_cfg = CLIPVisionConfig(**model.clip_vision)
+    clip_cfg._attn_implementation = "sdpa"
+    nets = Networks(
+        motion=MotionBranch(model.liveportrait),
+        head_net=HeadNet(model.trunk_channels, model.latent_channels),
+        denoiser=Denoiser(wfm, unet),
+        vae=vae,
+        image_encoder=CLIPVisionModelWithProjection(clip_cfg),
+    )
+    for module in nets.modules().values():
+        module.eval().requires_grad_(False)
+    return nets
+
+
+@torch.no_grad()
+def seeded_init_(nets: Networks, seed: int) -> Networks:
+    """Deterministic weights for presets without a checkpoint (tiny).
+
+    Every matrix/kernel is drawn from one seeded generator with std 1/sqrt(fan_in); paths the
+    release zero-initialises (zero-convs, HeadNet projection, infofill) get small non-zero
+    values so every branch contributes; vectors (biases, norms) keep their constructor values.
+    Spectral-norm vectors are converged by power iteration so the SPADE trunk is well scaled.
+    """
+    gen = torch.Generator("cpu").manual_seed(seed)
+    for module in nets.modules().values():
+        state = module.state_dict(keep_vars=True)
+        for key, tensor in state.items():
+            if tensor.ndim < 2 or not tensor.is_floating_point() or tensor.is_meta:
+                continue
+            std = tensor[0].numel() ** -0.5
+            if torch.count_nonzero(tensor) == 0:
+                std *= 0.1
+            tensor.copy_(torch.randn(tensor.shape, generator=gen) * std)
+        for key, weight in state.items():
+            if key.endswith(".weight_orig"):
+                _converge_spectral_vectors(weight, state[key[: -len("orig")] + "u"], state[key[: -len("orig")] + "v"])
+    return nets
+
+
+def _converge_spectral_vectors(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, iters: int = 50) -> None:
+    mat = weight.reshape(weight.shape[0], -1)
+    for _ in range(iters):
+        v.copy_(torch.nn.functional.normalize(mat.t() @ u, dim=0, eps=1e-12))
+        u.copy_(torch.nn.functional.normalize(mat @ v, dim=0, eps=1e-12))
+
+
+def build_tiny(model: ModelConfig, seed: int, time_context: str) -> Networks:
+    torch.manual_seed(seed)  # module constructors draw from the global generator
+    return seeded_init_(build_networks(model, time_context), seed)
+
+
+def _official_config(weights_dir: Path) -> tuple[ModelConfig, SamplerConfig]:
+    """The official preset, updated with whatever config files the weights folder carries."""
+    model = presets.official()
+    unet = weights.read_json_config(weights_dir, "unet") or model.unet
+    vae = weights.read_json_config(weights_dir, "vae") or model.vae
+    clip = weights.read_json_config(weights_dir, "image_encoder")
+    clip_vision = (
+        {k: clip[k] for k in model.clip_vision if k in clip} if clip else model.clip_vision
+    )
+    norm = weights.read_json_config(weights_dir, "feature_extractor")
+    clip_normalize = (
+        {"image_mean": norm["image_mean"], "image_std": norm["image_std"]} if norm else model.clip_normalize
+    )
+    model = replace(model, unet=unet, vae=vae, clip_vision=clip_vision, clip_normalize=clip_normalize)
+    scheduler = weights.read_json_config(weights_dir, "scheduler")
+    sampler = SamplerConfig(scheduler=scheduler) if scheduler else SamplerConfig()
+    return model, sampler
+
+
+def load_official(weights_dir: Path, model: ModelConfig, time_context: str) -> Networks:
+    """Build on the meta device (no memory), then fill every network from the release's files."""
+    paths = weights.locate(weights_dir)
+    with torch.device("meta"):
+        nets = build_networks(model, time_context)
+    slots: dict[str, nn.Module] = {
+        "appearance_feature_extractor": nets.motion.appearance_feature_extractor,
+        "motion_extractor": nets.motion.motion_extractor,
+        "warping_module": nets.motion.warping_module,
+        "spade_generator": nets.motion.spade_generator,
+        "head_embedder": nets.head_net,
+        "warping_feature_mapper": nets.denoiser.wfm,
+        "unet": nets.denoiser.unet,
+        "vae": nets.vae,
+        "image_encoder": nets.image_encoder,
+    }
+    for wf in weights.LAYOUT:
+        sd = weights.read_state_dict(paths[wf.name])
+        expected = weights.expected_from_manifest(wf.manifest) if wf.manifest else None
+        weights.load_into(slots[wf.name], sd, paths[wf.name], expected)
+        del sd
+    leftovers = [n for m in nets.modules().values() for n, t in m.state_dict().items() if t.is_meta]
+    if leftovers:
+        raise RuntimeError(f"tensors not filled by any checkpoint: {leftovers[:5]}")
+    return nets
+
+
+def build_pipeline(
+    preset: str = "tiny",
+    weights_dir: Path | None = None,
+    size: int | None = None,
+    steps: int = 25,
+    guidance: float = 2.5,
+    sampler: str = "euler",
+    seed: int = 0,
+    time_context: str = "release",
+    window_batch: int = 1,
+    relative_motion: bool = True,
+    device: str = "cpu",
+    dtype: str = "float32",
+    **_: object,
+):
+    """The reenact CLI's pipeline: a preset, optionally filled from the release's weights."""
+    from engine.pipeline import ReenactPipeline
+
+    if preset == "official":
+        if weights_dir is None:
+            raise weights.WeightsError("the official preset needs --weights DIR (the release's pretrained_weights/)")
+        model, sampler_cfg = _official_config(Path(weights_dir))
+        nets = load_official(Path(weights_dir), model, time_context)
+    else:
+        model, sampler_cfg = presets.from_name(preset), SamplerConfig()
+        nets = build_tiny(model, seed, time_context)
+    sampler_cfg = replace(
+        sampler_cfg, sampler=sampler, steps=steps, min_guidance=guidance, max_guidance=guidance,
+        time_context=time_context,
+    )
+    cfg = RunConfig(
+        model=model,
+        sampler=sampler_cfg,
+        windows=WindowConfig(batch=window_batch),
+        size=size or model.image_size,
+        seed=seed,
+        relative_motion=relative_motion,
+        dtype=dtype,
+        device=device,
+    )
+    nets.to(device, getattr(torch, dtype))
+    return ReenactPipeline(nets, cfg)

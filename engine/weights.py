@@ -1,0 +1,169 @@
+"""The release's ``pretrained_weights/`` folder -> checked state dicts.
+
+Every checkpoint is checked against an expected key -> shape map before anything is
+loaded (the packaged full-size manifests for the official preset, the module itself
+otherwise); a missing file, a missing/unexpected key or a wrong shape is one
+``WeightsError`` naming the file and the first offending keys. ``.pth`` files are read
+with ``weights_only=True``; ``.safetensors`` are accepted everywhere. Nothing is
+downloaded, ever.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from engine.errors import WeightsError
+
+SVD = "stable-video-diffusion-img2vid-xt"
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    name: str  # the network it fills
+    candidates: tuple[str, ...]  # paths relative to pretrained_weights/, first found wins
+    manifest: str | None  # key in the packaged key manifests
+
+
+def _variants(folder: str, stem: str) -> tuple[str, ...]:
+    return tuple(f"{folder}/{stem}{v}.{ext}" for ext in ("safetensors", "bin") for v in ("", ".fp16"))
+
+
+LAYOUT: tuple[WeightFile, ...] = (
+    WeightFile("appearance_feature_extractor", ("liveportrait/appearance_feature_extractor.pth",
+                                                "liveportrait/appearance_feature_extractor.safetensors"),
+               "appearance_feature_extractor.pth"),
+    WeightFile("motion_extractor", ("liveportrait/motion_extractor.pth", "liveportrait/motion_extractor.safetensors"),
+               "motion_extractor.pth"),
+    WeightFile("warping_module", ("liveportrait/warping_module.pth", "liveportrait/warping_module.safetensors"),
+               "warping_module.pth"),
+    WeightFile("spade_generator", ("liveportrait/spade_generator.pth", "liveportrait/spade_generator.safetensors"),
+               "spade_generator.pth"),
+    WeightFile("head_embedder", ("checkpoint-30000-14frames/head_embedder.pth",
+                                 "checkpoint-30000-14frames/head_embedder.safetensors"), "head_embedder.pth"),
+    WeightFile("warping_feature_mapper", ("checkpoint-30000-14frames/warping_feature_mapper.pth",
+                                          "checkpoint-30000-14frames/warping_feature_mapper.safetensors"),
+               "warping_feature_mapper.pth"),
+    WeightFile("unet", _variants(f"{SVD}/unet", "diffusion_pytorch_model"),
+               "svd_xt_unet (unet/diffusion_pytorch_model.safetensors)"),
+    WeightFile("vae", _variants(f"{SVD}/sd-vae-ft-mse", "diffusion_pytorch_model"), None),
+    WeightFile("image_encoder", _variants(f"{SVD}/image_encoder", "model"), None),
+)
+
+CONFIG_FILES = {
+    "unet": f"{SVD}/unet/config.json",
+    "vae": f"{SVD}/sd-vae-ft-mse/config.json",
+    "image_encoder": f"{SVD}/image_encoder/config.json",
+    "feature_extractor": f"{SVD}/feature_extractor/preprocessor_config.json",
+    "scheduler": f"{SVD}/scheduler/scheduler_config.json",
+}
+
+
+def locate(weights_dir: Path) -> dict[str, Path]:
+    """Path of every checkpoint in a pretrained_weights/ folder; one error lists all that are missing."""
+    root = Path(weights_dir)
+    if not root.is_dir():
+        raise WeightsError(
+            f"weights folder {root} does not exist: pass --weights the release's pretrained_weights/ folder"
+        )
+    found, missing = {}, []
+    for wf in LAYOUT:
+        path = next((root / c for c in wf.candidates if (root / c).is_file()), None)
+        if path is None:
+            missing.append(wf.candidates[0])
+        else:
+            found[wf.name] = path
+    if missing:
+        raise WeightsError(
+            f"weights folder {root} lacks {', '.join(missing)}: copy the release's pretrained_weights/ "
+            "layout unchanged (see README, 'Official weights')"
+        )
+    return found
+
+
+def read_json_config(weights_dir: Path, which: str) -> dict | None:
+    path = Path(weights_dir) / CONFIG_FILES[which]
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise WeightsError(f"config {path} is not valid JSON ({err}): restore it from the release") from None
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Load a checkpoint safely: safetensors, or a pickle restricted to tensors (weights_only)."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # noqa: BLE001 - any reader failure means the same thing to a user
+        raise WeightsError(
+            f"checkpoint {path} could not be read ({type(err).__name__}: {str(err)[:200]}): "
+            "it is corrupt or not a weights file; download it again"
+        ) from None
+    if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
+        sd = sd["state_dict"]
+    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise WeightsError(f"checkpoint {path} does not hold a state dict of tensors")
+    return dict(sd)
+
+
+def expected_from_manifest(manifest_key: str) -> dict[str, tuple[int, ...]]:
+    from engine.presets import key_manifests
+
+    entries = key_manifests()[manifest_key]["state_dict"]
+    return {k: tuple(v["shape"]) for k, v in entries.items()}
+
+
+def expected_from_module(module: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+def check_keys(
+    state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]], path: Path | str
+) -> None:
+    """Raise one WeightsError naming the file and the first offending keys, if any."""
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong = [
+        f"{k} {tuple(state_dict[k].shape)} != {tuple(expected[k])}"
+        for k in expected
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k])
+    ]
+    problems = []
+    for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong)):
+        if keys:
+            more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
+            problems.append(f"{len(keys)} {label}: {', '.join(keys[:5])}{more}")
+    if problems:
+        raise WeightsError(
+            f"checkpoint {path} does not match the network it should fill: {'; '.join(problems)}. "
+            "Use the release's file for this slot, unmodified"
+        )
+
+
+def load_into(
+    module: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    path: Path | str,
+    expected: Mapping[str, tuple[int, ...]] | None = None,
+) -> None:
+    """Check, then load strictly; keys the module declares as ignorable (a decoder tail) are dropped."""
+    ignored = tuple(getattr(module, "IGNORED_KEY_PREFIXES", ()))
+    kept = {k: v for k, v in state_dict.items() if not (ignored and k.startswith(ignored))}
+    if expected is not None:
+        check_keys(state_dict, expected, path)
+    else:
+        check_keys(kept, expected_from_module(module), path)
+    on_meta = any(p.is_meta for p in module.parameters())
+    dtype = next(module.parameters()).dtype
+    kept = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in kept.items()}
+    module.load_state_dict(kept, strict=True, assign=on_meta)
