@@ -12,10 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKL
-from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import (
-    _resize_with_antialiasing,
-)
 from transformers import CLIPVisionModelWithProjection
 
 CLIP_SIZE = (224, 224)
@@ -28,6 +26,35 @@ class Conditioning:
     image_embeddings: torch.Tensor  # [2, 1, D]   CLIP image embedding
     image_latents: torch.Tensor  # [2, 4, h, w]  VAE posterior mode of the noise-augmented source
     added_time_ids: torch.Tensor  # [2, 3]        fps - 1, motion bucket id, noise aug strength
+
+
+def _gaussian_kernel(size: int, sigma: float, dtype: torch.dtype) -> torch.Tensor:
+    x = torch.arange(size, dtype=dtype) - size // 2
+    if size % 2 == 0:
+        x = x + 0.5
+    k = torch.exp(-x.pow(2.0) / (2 * torch.tensor(sigma, dtype=dtype).pow(2.0)))
+    return k / k.sum()
+
+
+def _blur_axis(x: torch.Tensor, kernel: torch.Tensor, axis: int) -> torch.Tensor:
+    """Depthwise 1-D convolution along H (axis=2) or W (axis=3) with reflect padding."""
+    c, k = x.shape[1], kernel.numel()
+    pad = [(k - 1) // 2, (k - 1) - (k - 1) // 2]
+    weight = kernel.view(1, 1, 1, k) if axis == 3 else kernel.view(1, 1, k, 1)
+    x = F.pad(x, pad + [0, 0] if axis == 3 else [0, 0] + pad, mode="reflect")
+    return F.conv2d(x, weight.expand(c, 1, -1, -1), groups=c)
+
+
+def resize_with_antialiasing(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """SVD's CLIP resize: Gaussian blur with sigma = (scale - 1) / 2 (kernel ~4 sigma, odd), then
+    bicubic with align_corners=True; the same arithmetic as diffusers' SVD pipeline helper."""
+    h, w = x.shape[-2:]
+    sigmas = (max((h / size[0] - 1.0) / 2.0, 0.001), max((w / size[1] - 1.0) / 2.0, 0.001))
+    ks = [int(max(4.0 * s, 3)) for s in sigmas]
+    ks = [k + 1 if k % 2 == 0 else k for k in ks]
+    x = _blur_axis(x, _gaussian_kernel(ks[1], sigmas[1], x.dtype), axis=3)
+    x = _blur_axis(x, _gaussian_kernel(ks[0], sigmas[0], x.dtype), axis=2)
+    return F.interpolate(x, size=size, mode="bicubic", align_corners=True)
 
 
 def to_pm1(frames_u8: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -54,7 +81,7 @@ def pil_like_tensor(image_u8: np.ndarray) -> torch.Tensor:
 def clip_pixels(reference_u8: np.ndarray, mean: list[float], std: list[float]) -> torch.Tensor:
     """[1, 3, 224, 224]: resize with antialiasing in [-1, 1], back to [0, 1], CLIP mean/std."""
     x = pil_like_tensor(reference_u8) * 2.0 - 1.0
-    x = _resize_with_antialiasing(x, CLIP_SIZE)
+    x = resize_with_antialiasing(x, CLIP_SIZE)
     x = (x + 1.0) / 2.0
     mean_t = torch.tensor(mean, dtype=torch.float32)[:, None, None]
     std_t = torch.tensor(std, dtype=torch.float32)[:, None, None]

@@ -45,7 +45,9 @@ class Networks:
     def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Networks:
         for name, module in self.modules().items():
             # LivePortrait stays float32 whatever the rest runs in (release behaviour).
-            module.to(device=device, dtype=torch.float32 if name == "motion" else dtype)
+            want = torch.float32 if name == "motion" else dtype
+            current = next(module.parameters()).dtype
+            module.to(device=device) if current == want else module.to(device=device, dtype=want)
         return self
 
 
@@ -81,7 +83,7 @@ def seeded_init_(nets: Networks, seed: int) -> Networks:
     gen = torch.Generator("cpu").manual_seed(seed)
     for module in nets.modules().values():
         state = module.state_dict(keep_vars=True)
-        for key, tensor in state.items():
+        for tensor in state.values():
             if tensor.ndim < 2 or not tensor.is_floating_point() or tensor.is_meta:
                 continue
             std = tensor[0].numel() ** -0.5
@@ -112,9 +114,7 @@ def _official_config(weights_dir: Path) -> tuple[ModelConfig, SamplerConfig]:
     unet = weights.read_json_config(weights_dir, "unet") or model.unet
     vae = weights.read_json_config(weights_dir, "vae") or model.vae
     clip = weights.read_json_config(weights_dir, "image_encoder")
-    clip_vision = (
-        {k: clip[k] for k in model.clip_vision if k in clip} if clip else model.clip_vision
-    )
+    clip_vision = {k: clip[k] for k in model.clip_vision if k in clip} if clip else model.clip_vision
     norm = weights.read_json_config(weights_dir, "feature_extractor")
     clip_normalize = (
         {"image_mean": norm["image_mean"], "image_std": norm["image_std"]} if norm else model.clip_normalize
@@ -179,7 +179,11 @@ def build_pipeline(
         model, sampler_cfg = presets.from_name(preset), SamplerConfig()
         nets = build_tiny(model, seed, time_context)
     sampler_cfg = replace(
-        sampler_cfg, sampler=sampler, steps=steps, min_guidance=guidance, max_guidance=guidance,
+        sampler_cfg,
+        sampler=sampler,
+        steps=steps,
+        min_guidance=guidance,
+        max_guidance=guidance,
         time_context=time_context,
     )
     cfg = RunConfig(

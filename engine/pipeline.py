@@ -71,18 +71,14 @@ class ReenactPipeline:
         pixels = conditioning.clip_pixels(reference, m.clip_normalize["image_mean"], m.clip_normalize["image_std"])
         cond = conditioning.Conditioning(
             image_embeddings=conditioning.encode_clip(self.nets.image_encoder, pixels),
-            image_latents=conditioning.encode_vae_condition(
-                self.nets.vae, reference, noise_aug, s.noise_aug_strength
-            ),
+            image_latents=conditioning.encode_vae_condition(self.nets.vae, reference, noise_aug, s.noise_aug_strength),
             added_time_ids=conditioning.added_time_ids(s.cond_fps, s.motion_bucket_id, s.noise_aug_strength),
         )
         return SourceState(source_u8=source_u8, source_pm1=conditioning.to_pm1(source_u8)[None], cond=cond)
 
     # 2. ---------------------------------------------------------------- motion
     @torch.no_grad()
-    def encode_motion(
-        self, state: SourceState, driving_u8: np.ndarray, record: Record | None = None
-    ) -> torch.Tensor:
+    def encode_motion(self, state: SourceState, driving_u8: np.ndarray, record: Record | None = None) -> torch.Tensor:
         """[F, H, W, 3] uint8 -> head latents [2, F, c0, h, w] (row 0 = zeros for CFG)."""
         driving_pm1 = conditioning.to_pm1(driving_u8)  # [F, 3, H, W]
         trunk = self.nets.motion(

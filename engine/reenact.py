@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> str:
     if args.side_by_side:
         frames = side_by_side(np.repeat(source[None], len(frames), 0), clip.frames, frames)
     t0 = time.perf_counter()
-    write_video(out, frames, clip.fps, audio_from=args.driving if clip.has_audio else None)
+    write_video(out, frames, clip.rate, audio_from=args.driving if clip.has_audio else None)
     write_s = time.perf_counter() - t0
     pipe.cfg.save(out.with_suffix(".json"))
 

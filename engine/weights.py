@@ -36,22 +36,44 @@ def _variants(folder: str, stem: str) -> tuple[str, ...]:
 
 
 LAYOUT: tuple[WeightFile, ...] = (
-    WeightFile("appearance_feature_extractor", ("liveportrait/appearance_feature_extractor.pth",
-                                                "liveportrait/appearance_feature_extractor.safetensors"),
-               "appearance_feature_extractor.pth"),
-    WeightFile("motion_extractor", ("liveportrait/motion_extractor.pth", "liveportrait/motion_extractor.safetensors"),
-               "motion_extractor.pth"),
-    WeightFile("warping_module", ("liveportrait/warping_module.pth", "liveportrait/warping_module.safetensors"),
-               "warping_module.pth"),
-    WeightFile("spade_generator", ("liveportrait/spade_generator.pth", "liveportrait/spade_generator.safetensors"),
-               "spade_generator.pth"),
-    WeightFile("head_embedder", ("checkpoint-30000-14frames/head_embedder.pth",
-                                 "checkpoint-30000-14frames/head_embedder.safetensors"), "head_embedder.pth"),
-    WeightFile("warping_feature_mapper", ("checkpoint-30000-14frames/warping_feature_mapper.pth",
-                                          "checkpoint-30000-14frames/warping_feature_mapper.safetensors"),
-               "warping_feature_mapper.pth"),
-    WeightFile("unet", _variants(f"{SVD}/unet", "diffusion_pytorch_model"),
-               "svd_xt_unet (unet/diffusion_pytorch_model.safetensors)"),
+    WeightFile(
+        "appearance_feature_extractor",
+        ("liveportrait/appearance_feature_extractor.pth", "liveportrait/appearance_feature_extractor.safetensors"),
+        "appearance_feature_extractor.pth",
+    ),
+    WeightFile(
+        "motion_extractor",
+        ("liveportrait/motion_extractor.pth", "liveportrait/motion_extractor.safetensors"),
+        "motion_extractor.pth",
+    ),
+    WeightFile(
+        "warping_module",
+        ("liveportrait/warping_module.pth", "liveportrait/warping_module.safetensors"),
+        "warping_module.pth",
+    ),
+    WeightFile(
+        "spade_generator",
+        ("liveportrait/spade_generator.pth", "liveportrait/spade_generator.safetensors"),
+        "spade_generator.pth",
+    ),
+    WeightFile(
+        "head_embedder",
+        ("checkpoint-30000-14frames/head_embedder.pth", "checkpoint-30000-14frames/head_embedder.safetensors"),
+        "head_embedder.pth",
+    ),
+    WeightFile(
+        "warping_feature_mapper",
+        (
+            "checkpoint-30000-14frames/warping_feature_mapper.pth",
+            "checkpoint-30000-14frames/warping_feature_mapper.safetensors",
+        ),
+        "warping_feature_mapper.pth",
+    ),
+    WeightFile(
+        "unet",
+        _variants(f"{SVD}/unet", "diffusion_pytorch_model"),
+        "svd_xt_unet (unet/diffusion_pytorch_model.safetensors)",
+    ),
     WeightFile("vae", _variants(f"{SVD}/sd-vae-ft-mse", "diffusion_pytorch_model"), None),
     WeightFile("image_encoder", _variants(f"{SVD}/image_encoder", "model"), None),
 )
@@ -124,7 +146,13 @@ def expected_from_manifest(manifest_key: str) -> dict[str, tuple[int, ...]]:
 
 
 def expected_from_module(module: nn.Module) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    """The module's own key -> shape map, plus keys a sub-module accepts and ignores (a decoder tail)."""
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    for name, sub in module.named_modules():
+        if hasattr(sub, "tail_keys"):
+            prefix = f"{name}." if name else ""
+            expected.update({prefix + k: tuple(v) for k, v in sub.tail_keys().items()})
+    return expected
 
 
 def check_keys(
@@ -156,14 +184,9 @@ def load_into(
     path: Path | str,
     expected: Mapping[str, tuple[int, ...]] | None = None,
 ) -> None:
-    """Check, then load strictly; keys the module declares as ignorable (a decoder tail) are dropped."""
-    ignored = tuple(getattr(module, "IGNORED_KEY_PREFIXES", ()))
-    kept = {k: v for k, v in state_dict.items() if not (ignored and k.startswith(ignored))}
-    if expected is not None:
-        check_keys(state_dict, expected, path)
-    else:
-        check_keys(kept, expected_from_module(module), path)
+    """Check every key and shape, then load strictly (a module may drop keys it declares as ignorable)."""
+    check_keys(state_dict, expected if expected is not None else expected_from_module(module), path)
     on_meta = any(p.is_meta for p in module.parameters())
     dtype = next(module.parameters()).dtype
-    kept = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in kept.items()}
-    module.load_state_dict(kept, strict=True, assign=on_meta)
+    sd = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state_dict.items()}
+    module.load_state_dict(sd, strict=True, assign=on_meta)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -140,9 +139,12 @@ def reproduce(
             checks.append(TensorCheck(name, torch.full((1,), float("nan")), ref_t, PIPELINE_TOL))
             continue
         tensor, tol = ours[name]
-        checks.append(TensorCheck(name, tensor.detach().reshape(ref_t.shape).to(ref_t.dtype)
-                                  if tensor.numel() == ref_t.numel() else tensor, ref_t, tol))
+        checks.append(
+            TensorCheck(
+                name,
+                tensor.detach().reshape(ref_t.shape).to(ref_t.dtype) if tensor.numel() == ref_t.numel() else tensor,
+                ref_t,
+                tol,
+            )
+        )
     return checks
-
-
-
