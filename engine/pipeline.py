@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from engine import conditioning, sampling, windows
 from engine.config import RunConfig
@@ -88,8 +89,19 @@ class ReenactPipeline:
         )  # [F, C, h, w], float32 always
         if record is not None:
             record["motion_trunk"] = trunk[None].float()
+        trunk = self.fit_trunk_to_latents(trunk)
         head = self.nets.head_net(trunk[None].to(self.dtype))  # [1, F, C, h, w] -> [F, c0, h, w]
         return torch.stack([torch.zeros_like(head), head])  # [2, F, c0, h, w]
+
+    def fit_trunk_to_latents(self, trunk: torch.Tensor) -> torch.Tensor:
+        """The release renders only at the size where LivePortrait's trunk grid equals the latent
+        grid (512 -> 64x64). At other sizes the trunk is resized to the latent grid; at the
+        native size this is a no-op, so the release's numbers are untouched."""
+        latent_hw = self.cfg.size // 8
+        if trunk.shape[-2:] == (latent_hw, latent_hw):
+            return trunk
+        down = trunk.shape[-1] > latent_hw
+        return F.interpolate(trunk, size=(latent_hw, latent_hw), mode="bilinear", antialias=down)
 
     # 3. ---------------------------------------------------------------- denoise
     def initial_latents(self, noise: Noise, num_frames: int, schedule: sampling.Schedule) -> torch.Tensor:
