@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weights", type=Path, default=None, help="the release's pretrained_weights/ folder")
     p.add_argument("--size", type=int, default=None, help="output side in pixels (multiple of 8)")
     p.add_argument(
-        "--steps", type=int, default=None, help="denoising steps (default: 25 = the release's for official, 10 for tiny)"
+        "--steps", type=int, default=None, help="denoising steps (default: the release's 25; 10 on tiny)"
     )
     p.add_argument("--guidance", type=float, default=2.5)
     p.add_argument("--sampler", choices=["euler", "ddim"], default="euler")
