@@ -3,6 +3,9 @@
 DIR is laid out like ``../shared/fixtures/official/``: each ``<kind>_config.json`` with its
 safetensors (kinds: liveportrait, wfm_unet, pipeline). Prints one row per tensor (name,
 max relative error, tolerance, pass/fail) and exits non-zero if any tensor fails.
+
+``--backend onnxruntime`` runs the pipeline kind on graphs exported from the fixture's own
+weights (into ``--engines DIR``, a cache reused by later runs; a temporary folder by default).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,9 +48,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time-context", choices=["release", "fixed"], default="release")
     p.add_argument("--window-batch", type=int, default=1, help="pipeline kind: windows per denoiser call")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
+                   help="onnxruntime: the pipeline kind on graphs exported from the fixture's weights")
+    p.add_argument("--engines", type=Path, default=None, help="cache folder for the exported graphs")
     args = p.parse_args(argv)
+    if args.backend != "torch":
+        if args.kinds and set(args.kinds) - {"pipeline"}:
+            p.error("--backend onnxruntime reproduces the pipeline kind only (--kinds pipeline)")
+        args.kinds = ["pipeline"]
+    # no_grad as a context, not set_grad_enabled(False): in-process callers (tests) keep their mode
+    with tempfile.TemporaryDirectory(prefix="frvd-fixture-engines-") as tmp, torch.no_grad():
+        if args.engines is None:
+            args.engines = Path(tmp)
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    torch.set_grad_enabled(False)
 
     if not args.fixture_dir.is_dir():
         print(f"error: fixture folder {args.fixture_dir} does not exist", file=sys.stderr)
@@ -64,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
             options["time_context"] = args.time_context
         if kind == "pipeline":
             options["window_batch"] = args.window_batch
+            if args.backend == "onnxruntime":
+                from engine.fixture_kinds.pipeline import onnxruntime_factory
+
+                options["pipeline_factory"] = onnxruntime_factory(args.engines, args.fixture_dir, args.window_batch)
         t0 = time.perf_counter()
         checks = run_kind(kind, args.fixture_dir, **options)
         for row in format_rows(kind, checks):

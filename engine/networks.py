@@ -42,6 +42,20 @@ class Networks:
             "image_encoder": self.image_encoder,
         }
 
+    def slots(self) -> dict[str, nn.Module]:
+        """The module each checkpoint file of the release fills (``weights.LAYOUT`` names)."""
+        return {
+            "appearance_feature_extractor": self.motion.appearance_feature_extractor,
+            "motion_extractor": self.motion.motion_extractor,
+            "warping_module": self.motion.warping_module,
+            "spade_generator": self.motion.spade_generator,
+            "head_embedder": self.head_net,
+            "warping_feature_mapper": self.denoiser.wfm,
+            "unet": self.denoiser.unet,
+            "vae": self.vae,
+            "image_encoder": self.image_encoder,
+        }
+
     def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Networks:
         for name, module in self.modules().items():
             # LivePortrait stays float32 whatever the rest runs in (release behaviour).
@@ -125,31 +139,57 @@ def _official_config(weights_dir: Path) -> tuple[ModelConfig, SamplerConfig]:
     return model, sampler
 
 
-def load_official(weights_dir: Path, model: ModelConfig, time_context: str) -> Networks:
-    """Build on the meta device (no memory), then fill every network from the release's files."""
+def load_official(weights_dir: Path, model: ModelConfig, time_context: str, manifests: bool = True) -> Networks:
+    """Build on the meta device (no memory), then fill every network from the release's files.
+
+    ``manifests`` checks each file against the packaged full-size key manifests; without it
+    (reduced presets in the release's layout) each file is checked against its module.
+    """
     paths = weights.locate(weights_dir)
     with torch.device("meta"):
         nets = build_networks(model, time_context)
-    slots: dict[str, nn.Module] = {
-        "appearance_feature_extractor": nets.motion.appearance_feature_extractor,
-        "motion_extractor": nets.motion.motion_extractor,
-        "warping_module": nets.motion.warping_module,
-        "spade_generator": nets.motion.spade_generator,
-        "head_embedder": nets.head_net,
-        "warping_feature_mapper": nets.denoiser.wfm,
-        "unet": nets.denoiser.unet,
-        "vae": nets.vae,
-        "image_encoder": nets.image_encoder,
-    }
+    slots = nets.slots()
     for wf in weights.LAYOUT:
         sd = weights.read_state_dict(paths[wf.name])
-        expected = weights.expected_from_manifest(wf.manifest) if wf.manifest else None
+        expected = weights.expected_from_manifest(wf.manifest) if wf.manifest and manifests else None
         weights.load_into(slots[wf.name], sd, paths[wf.name], expected)
         del sd
     leftovers = [n for m in nets.modules().values() for n, t in m.state_dict().items() if t.is_meta]
     if leftovers:
         raise RuntimeError(f"tensors not filled by any checkpoint: {leftovers[:5]}")
+    _materialize_derived_buffers(nets)
     return nets
+
+
+def _materialize_derived_buffers(nets: Networks) -> None:
+    """Non-persistent buffers are in no checkpoint, so the meta-device build leaves them empty.
+
+    The only one here is CLIP's ``position_ids`` (arange over the patch positions).
+    """
+    for module in nets.modules().values():
+        for sub in module.modules():
+            for name, buf in list(sub.named_buffers(recurse=False)):
+                if not buf.is_meta:
+                    continue
+                if name != "position_ids":
+                    raise RuntimeError(f"buffer {name} of {type(sub).__name__} is in no checkpoint and has no rule")
+                ids = torch.arange(buf.shape[-1], dtype=buf.dtype).expand(buf.shape)
+                sub.register_buffer(name, ids.clone(), persistent=False)
+
+
+def load_preset(
+    preset: str, weights_dir: Path | None, seed: int = 0, time_context: str = "release"
+) -> tuple[ModelConfig, SamplerConfig, Networks]:
+    """A preset's configs and networks: the release's files when given, else the seeded init (tiny)."""
+    if preset == "official":
+        if weights_dir is None:
+            raise weights.WeightsError("the official preset needs --weights DIR (the release's pretrained_weights/)")
+        model, sampler_cfg = _official_config(Path(weights_dir))
+        return model, sampler_cfg, load_official(Path(weights_dir), model, time_context)
+    model = presets.from_name(preset)
+    if weights_dir is not None:
+        return model, SamplerConfig(), load_official(Path(weights_dir), model, time_context, manifests=False)
+    return model, SamplerConfig(), build_tiny(model, seed, time_context)
 
 
 def build_pipeline(
@@ -165,19 +205,24 @@ def build_pipeline(
     relative_motion: bool = True,
     device: str = "cpu",
     dtype: str = "float32",
+    backend: str = "torch",
+    engines: Path | None = None,
     **_: object,
 ):
-    """The reenact CLI's pipeline: a preset, optionally filled from the release's weights."""
+    """The reenact CLI's pipeline: a preset, optionally filled from the release's weights.
+
+    ``backend`` "onnxruntime" / "tensorrt" runs the graphs built by ``python -m engine.build``
+    into ``engines``; the torch weights are then never loaded (only the configs are read).
+    """
+    from engine.backends import create_backend
     from engine.pipeline import ReenactPipeline
 
-    if preset == "official":
-        if weights_dir is None:
-            raise weights.WeightsError("the official preset needs --weights DIR (the release's pretrained_weights/)")
-        model, sampler_cfg = _official_config(Path(weights_dir))
-        nets = load_official(Path(weights_dir), model, time_context)
+    if backend == "torch":
+        model, sampler_cfg, nets = load_preset(preset, weights_dir, seed, time_context)
+    elif preset == "official" and weights_dir is not None:
+        (model, sampler_cfg), nets = _official_config(Path(weights_dir)), None
     else:
-        model, sampler_cfg = presets.from_name(preset), SamplerConfig()
-        nets = build_tiny(model, seed, time_context)
+        model, sampler_cfg, nets = presets.from_name(preset), SamplerConfig(), None
     sampler_cfg = replace(
         sampler_cfg,
         sampler=sampler,
@@ -196,5 +241,6 @@ def build_pipeline(
         dtype=dtype,
         device=device,
     )
-    nets.to(device, getattr(torch, dtype))
-    return ReenactPipeline(nets, cfg)
+    if nets is not None:
+        nets.to(device, getattr(torch, dtype))
+    return ReenactPipeline(create_backend(backend, cfg, nets=nets, engines=engines), cfg)

@@ -86,7 +86,7 @@ def grid_sample3d_decomposed(
             f"grid_sample3d_decomposed: padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}"
         )
     n, c, d, h, w = (int(s) for s in input.shape)
-    _, od, oh, ow, _ = (int(s) for s in grid.shape)
+    _, od, oh, ow, _ = grid.shape  # symbolic under export: the frame count stays dynamic
     if min(d, h, w) <= 0:
         raise ValueError("grid_sample3d_decomposed: the input volume is empty")
     volume_rows = n * d * h * w

@@ -5,7 +5,9 @@
     3. denoise          overlapped windows x CFG pairs through WFM + UNet, Euler/DDIM steps
     4. decode           VAE decode frame by frame -> uint8 frames
 
-Everything below is plain tensors in, tensors out; the networks live in ``Networks``.
+Every network call goes through a backend by graph name (``export.graphs``: appearance, motion,
+warp, denoiser, vae_encoder, vae_decoder, image_encoder), so the same steps run on eager torch,
+onnxruntime or TensorRT. Keypoint maths, windows, guidance and sampler steps stay here, in torch.
 """
 
 from __future__ import annotations
@@ -16,14 +18,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from engine import conditioning, sampling, windows
+from engine.backends import Backend, create_backend
 from engine.config import RunConfig
+from engine.models.liveportrait.motion_branch import to_model_input
+from engine.motion import KeypointInfo, absolute_motion, relative_motion, transform_keypoint
 from engine.networks import Networks
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 Record = dict[str, torch.Tensor]
+MOTION_CHUNK = 16  # driving frames per warp call (bounded memory; LivePortrait's chunk)
 
 
 @dataclass
@@ -59,10 +64,13 @@ class Output:
 
 
 class ReenactPipeline:
-    def __init__(self, nets: Networks, cfg: RunConfig) -> None:
-        self.nets = nets
+    def __init__(self, backend: Backend | Networks, cfg: RunConfig) -> None:
+        if isinstance(backend, Networks):  # eager torch over these networks
+            backend = create_backend("torch", cfg, nets=backend)
+        self.backend = backend
+        self.nets: Networks | None = getattr(backend, "nets", None)
         self.cfg = cfg
-        self.device = torch.device(cfg.device)
+        self.device = backend.device
         self.dtype = getattr(torch, cfg.dtype)
 
     # 1. ---------------------------------------------------------------- source
@@ -70,38 +78,64 @@ class ReenactPipeline:
         s, m = self.cfg.sampler, self.cfg.model
         reference = conditioning.reference_image_u8(source_u8)
         pixels = conditioning.clip_pixels(reference, m.clip_normalize["image_mean"], m.clip_normalize["image_std"])
+        embeds = self.backend.run("image_encoder", pixel_values=pixels.to(self.device))["image_embeds"][:, None]
+        # the VAE sees the noise-augmented reference; its posterior mode is used unscaled (release habit)
+        image = conditioning.pil_like_tensor(reference) * 2.0 - 1.0
+        image = image + s.noise_aug_strength * noise_aug.to(image.dtype)
+        latents = self.backend.run("vae_encoder", image=image.to(self.device))["latent"]
         cond = conditioning.Conditioning(
-            image_embeddings=conditioning.encode_clip(self.nets.image_encoder, pixels),
-            image_latents=conditioning.encode_vae_condition(self.nets.vae, reference, noise_aug, s.noise_aug_strength),
+            image_embeddings=torch.cat([torch.zeros_like(embeds), embeds]),  # [2, 1, D]: uncond = zeros
+            image_latents=torch.cat([torch.zeros_like(latents), latents]),  # [2, 4, h, w]
             added_time_ids=conditioning.added_time_ids(s.cond_fps, s.motion_bucket_id, s.noise_aug_strength),
         )
         return SourceState(source_u8=source_u8, source_pm1=conditioning.to_pm1(source_u8)[None], cond=cond)
 
     # 2. ---------------------------------------------------------------- motion
+    def keypoints(self, images01: torch.Tensor) -> KeypointInfo:
+        """M on [B, 3, 256, 256] in [0, 1], one image per call as the release (W amplifies M's rounding)."""
+        outs = [self.backend.run("motion", images=images01[i : i + 1]) for i in range(images01.shape[0])]
+        return KeypointInfo(**{k: torch.cat([o[k] for o in outs]).float() for k in outs[0]})
+
+    def warp(self, f_s: torch.Tensor, x_s: torch.Tensor, x_d: torch.Tensor) -> dict[str, torch.Tensor]:
+        """W + trunk + HeadNet for one chunk; a graph built for a fixed frame count gets the chunk padded."""
+        n = x_d.shape[0]
+        fixed = self.backend.fixed_dim("warp", "frames")
+        if fixed is not None and n < fixed:
+            x_d = torch.cat([x_d, x_d[-1:].expand(fixed - n, -1, -1)])  # frames are independent: pad, cut
+        out = self.backend.run("warp", feature_volume=f_s, kp_source=x_s, kp_driving=x_d)
+        return {k: v[:n] for k, v in out.items()}
+
     @torch.no_grad()
     def encode_motion(self, state: SourceState, driving_u8: np.ndarray, record: Record | None = None) -> torch.Tensor:
         """[F, H, W, 3] uint8 -> head latents [2, F, c0, h, w] (row 0 = zeros for CFG)."""
-        driving_pm1 = conditioning.to_pm1(driving_u8)  # [F, 3, H, W]
-        trunk = self.nets.motion(
-            state.source_pm1.to(self.device),
-            driving_pm1.to(self.device),
-            relative=self.cfg.relative_motion,
-        )  # [F, C, h, w], float32 always
-        if record is not None:
-            record["motion_trunk"] = trunk[None].float()
-        trunk = self.fit_trunk_to_latents(trunk)
-        head = self.nets.head_net(trunk[None].to(self.dtype))  # [1, F, C, h, w] -> [F, c0, h, w]
-        return torch.stack([torch.zeros_like(head), head])  # [2, F, c0, h, w]
+        # 2a. source: keypoints x_s and the canonical feature volume f_s (LivePortrait, float32)
+        source01 = to_model_input(state.source_pm1[:1].to(self.device))
+        src = self.keypoints(source01)
+        src_rotation = src.rotation()
+        f_s = self.backend.run("appearance", source=source01)["feature_volume"]
+        x_s = transform_keypoint(src, src_rotation)
 
-    def fit_trunk_to_latents(self, trunk: torch.Tensor) -> torch.Tensor:
-        """The release renders only at the size where LivePortrait's trunk grid equals the latent
-        grid (512 -> 64x64). At other sizes the trunk is resized to the latent grid; at the
-        native size this is a no-op, so the release's numbers are untouched."""
-        latent_hw = self.cfg.size // 8
-        if trunk.shape[-2:] == (latent_hw, latent_hw):
-            return trunk
-        down = trunk.shape[-1] > latent_hw
-        return F.interpolate(trunk, size=(latent_hw, latent_hw), mode="bilinear", antialias=down)
+        # 2b. driving frames in chunks: keypoints -> motion relative to the first frame -> x_d -> warp
+        driving_pm1 = conditioning.to_pm1(driving_u8)  # [F, 3, H, W]
+        chunk = min(MOTION_CHUNK, self.backend.max_dim("warp", "frames") or MOTION_CHUNK)
+        first: tuple[KeypointInfo, torch.Tensor] | None = None
+        trunks, heads = [], []
+        for start in range(0, driving_pm1.shape[0], chunk):
+            images = to_model_input(driving_pm1[start : start + chunk].to(self.device))
+            info = self.keypoints(images)
+            rotation = info.rotation()
+            first = first or (info[0], rotation[:1])
+            if self.cfg.relative_motion:
+                motion = relative_motion(src, src_rotation, info, rotation, *first)
+            else:
+                motion = absolute_motion(src, info, rotation)
+            out = self.warp(f_s, x_s, motion.x_d)
+            trunks.append(out["trunk"])
+            heads.append(out["head_latents"])
+        head = torch.cat(heads)  # [F, c0, h, w]
+        if record is not None:
+            record["motion_trunk"] = torch.cat(trunks)[None].float()
+        return torch.stack([torch.zeros_like(head), head])  # [2, F, c0, h, w]
 
     # 3. ---------------------------------------------------------------- denoise
     def initial_latents(self, noise: Noise, num_frames: int, schedule: sampling.Schedule) -> torch.Tensor:
@@ -140,19 +174,20 @@ class ReenactPipeline:
         weight = windows.window_weights(len(all_windows[0]), latents.device)
         noise_pred = torch.zeros_like(image_latents, dtype=torch.float32)
         count = torch.zeros(num_frames, device=latents.device)
+        per_call = min(wc.batch, self.backend.max_dim("denoiser", "windows") or wc.batch)
         w_index = 0
-        for group in windows.batches(all_windows, wc.batch):
+        for group in windows.batches(all_windows, per_call):
             n = len(group)
             # windows x CFG pair -> batch [w0_u, w0_c, w1_u, w1_c, ...]
-            sample = torch.stack([x_in[:, idx] for idx in group]).flatten(0, 1)  # [2n, T, 8, h, w]
-            head = torch.stack([head_latents[:, idx] for idx in group]).flatten(0, 2)  # [2n*T, c0, h, w]
-            unet_out, infofill = self.nets.denoiser.parts(
-                sample,
-                timestep.to(self.device),
-                cond.image_embeddings.repeat(n, 1, 1).to(self.dtype),
-                cond.added_time_ids.repeat(n, 1).to(self.dtype),
-                head,
+            out = self.backend.run(
+                "denoiser",
+                sample=torch.stack([x_in[:, idx] for idx in group]).flatten(0, 1),  # [2n, T, 8, h, w]
+                timestep=timestep.reshape(1).to(self.device),
+                encoder_hidden_states=cond.image_embeddings.repeat(n, 1, 1).to(self.dtype),  # [2n, 1, D]
+                added_time_ids=cond.added_time_ids.repeat(n, 1).to(self.dtype),  # [2n, 3]
+                head_latents=torch.stack([head_latents[:, idx] for idx in group]).flatten(0, 1),  # [2n, T, c0, h, w]
             )
+            unet_out, infofill = out["unet_out"], out["infofill"]
             pred = (unet_out + infofill).float().unflatten(0, (n, 2))  # [n, 2, T, 4, h, w]
             for k, idx in enumerate(group):
                 if record is not None:
@@ -201,11 +236,10 @@ class ReenactPipeline:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, progress: Progress | None = None) -> torch.Tensor:
         """[1, F, 4, h, w] -> [F, 3, H, W] in [0, 1], one frame at a time as the release does."""
-        vae = self.nets.vae
-        z = (1 / vae.config.scaling_factor * latents[0]).to(self.dtype)  # [F, 4, h, w]
+        z = (1 / self.cfg.model.vae.get("scaling_factor", 0.18215) * latents[0]).to(self.dtype)  # [F, 4, h, w]
         frames = []
         for i in range(z.shape[0]):
-            frames.append(vae.decode(z[i : i + 1]).sample.float().cpu())
+            frames.append(self.backend.run("vae_decoder", latents=z[i : i + 1])["image"].float().cpu())
             if progress is not None:
                 progress("decode", i + 1, z.shape[0])
         return (torch.cat(frames) / 2 + 0.5).clamp(0, 1)

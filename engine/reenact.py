@@ -19,9 +19,6 @@ from engine.io import check_output_path, load_image, read_video, side_by_side, w
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_SOURCE = ASSETS / "source.png"
 DEFAULT_DRIVING = ASSETS / "driving.mp4"
-# The tiny preset exists to exercise the whole pipeline quickly on a CPU; 10 steps keep the
-# demo near a minute on 2 cores. The official preset keeps the release's 25.
-DEFAULT_STEPS = {"official": 25, "tiny": 10}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,7 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weights", type=Path, default=None, help="the release's pretrained_weights/ folder")
     p.add_argument("--size", type=int, default=None, help="output side in pixels (multiple of 8)")
     p.add_argument(
-        "--steps", type=int, default=None, help="denoising steps (default: the release's 25; 10 on tiny)"
+        "--steps", type=int, default=25, help="denoising steps (the release's 25)"
     )
     p.add_argument("--guidance", type=float, default=2.5)
     p.add_argument("--sampler", choices=["euler", "ddim"], default="euler")
@@ -44,17 +41,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--absolute-motion", action="store_true", help="self-reenactment: absolute driving motion")
     p.add_argument("--side-by-side", action="store_true", help="write source | driving | result")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], default="torch",
+                   help="what runs the networks (onnxruntime/tensorrt: graphs built by python -m engine.build)")
+    p.add_argument("--engines", type=Path, default=None, help="folder written by python -m engine.build --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    if args.steps is None:
-        args.steps = DEFAULT_STEPS[args.preset]
     if args.steps < 1:
         p.error("--steps must be >= 1")
     if args.window_batch < 1:
         p.error("--window-batch must be >= 1")
     if args.size is not None and (args.size < 64 or args.size % 8):
         p.error("--size must be a multiple of 8, at least 64")
-    if args.preset == "official" and args.weights is None:
+    if args.backend != "torch" and args.engines is None:
+        p.error(f"--backend {args.backend} needs --engines DIR (built with python -m engine.build)")
+    if args.preset == "official" and args.weights is None and args.backend == "torch":
         p.error("--preset official needs --weights DIR (the release's pretrained_weights/ folder)")
     return args
 
@@ -101,6 +101,8 @@ def run(args: argparse.Namespace) -> str:
         window_batch=args.window_batch,
         relative_motion=not args.absolute_motion,
         device=args.device,
+        backend=args.backend,
+        engines=args.engines,
     )
     size = pipe.cfg.size
     source = load_image(args.source, size)
@@ -122,9 +124,10 @@ def run(args: argparse.Namespace) -> str:
 
     sec = result.seconds
     total = time.perf_counter() - start
+    backend = "" if args.backend == "torch" else f"{args.backend}, "
     n = len(result.frames)
     return (
-        f"reenact: {n} frames {size}x{size} [{args.preset}, {pipe.cfg.sampler.sampler} "
+        f"reenact: {n} frames {size}x{size} [{args.preset}, {backend}{pipe.cfg.sampler.sampler} "
         f"{pipe.cfg.sampler.steps} steps] in {total:.1f} s = {total / n:.2f} s/frame "
         f"(load {load_s:.1f} s, source {sec['source']:.1f} s, motion {sec['motion']:.1f} s, "
         f"denoise {sec['denoise']:.1f} s, decode {sec['decode']:.1f} s, write {write_s:.1f} s) -> {out}"

@@ -514,8 +514,8 @@ def test_side_by_side() -> None:
 
 def test_bundled_assets_load() -> None:
     assert (ASSETS / "LICENSE-FRVD.txt").is_file() and (ASSETS / "ASSETS.md").is_file()
-    assert load_image(ASSETS / "source1.png", 512).shape == (512, 512, 3)
-    clip = read_video(ASSETS / "driving1_28f.mp4", 512)
+    assert load_image(ASSETS / "source.png", 512).shape == (512, 512, 3)
+    clip = read_video(ASSETS / "driving.mp4", 512)
     assert clip.frames.shape == (28, 512, 512, 3) and clip.rate == 25 and not clip.has_audio
-    talk = read_video(ASSETS / "driving_audio_28f.mp4", 256)
+    talk = read_video(ASSETS / "driving_audio.mp4", 256)
     assert len(talk) == 28 and talk.rate == 30 and talk.has_audio

@@ -1,0 +1,46 @@
+"""Backends: torch (eager reference), onnxruntime, tensorrt - one ``run(feeds) -> outputs`` per graph.
+
+``create_backend`` is the one place that maps a name to an implementation; onnxruntime and
+TensorRT are imported only when asked for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from engine.backends.base import Backend, BackendError, GraphRunner
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+
+__all__ = ["BACKENDS", "Backend", "BackendError", "GraphRunner", "create_backend", "torch_specs"]
+
+
+def torch_specs(model: Any, size: int, window: int, time_context: str) -> dict:
+    from export.graphs import GraphOptions, build_specs
+
+    return build_specs(model, GraphOptions(image_size=size, window=window, time_context=time_context))
+
+
+def create_backend(kind: str, cfg: Any, nets: Any = None, engines: Path | None = None, **options: Any) -> Backend:
+    """``kind`` for a pipeline with RunConfig ``cfg``: torch needs ``nets``, the others ``engines``."""
+    if kind == "torch":
+        from engine.backends.torch_backend import TorchBackend
+
+        if nets is None:
+            raise BackendError("the torch backend needs the networks (weights)")
+        specs = torch_specs(cfg.model, cfg.size, cfg.windows.size, cfg.sampler.time_context)
+        return TorchBackend(nets, specs)
+    if kind not in BACKENDS:
+        raise BackendError(f"unknown backend {kind!r}; choose one of {BACKENDS}")
+    if engines is None:
+        raise BackendError(f"--backend {kind} needs --engines DIR (built with python -m engine.build)")
+    expect = {"model": cfg.model, "time_context": cfg.sampler.time_context, "image_size": cfg.size,
+              "window": cfg.windows.size}
+    if kind == "onnxruntime":
+        from engine.backends.ort_backend import OrtBackend
+
+        return OrtBackend(Path(engines), expect=expect, device=cfg.device, **options)
+    from engine.backends.trt_backend import TrtBackend
+
+    return TrtBackend(Path(engines), expect=expect, **options)

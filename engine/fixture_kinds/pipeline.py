@@ -84,6 +84,30 @@ def load_fixture_networks(fixture_dir: Path, model: ModelConfig, time_context: s
     return nets
 
 
+def onnxruntime_factory(engines: Path, fixture_dir: Path, window_batch: int = 1, quiet: bool = True):
+    """``pipeline_factory`` that exports the fixture networks' graphs into ``engines`` (cached) and
+    runs the pipeline on onnxruntime; builds with a failing graph stop before the run."""
+    from engine.backends.ort_backend import OrtBackend
+    from export.build import BuildConfig, Builder, summary
+    from export.graphs import GraphOptions
+    from export.sources import from_networks
+
+    def factory(nets: Networks, run_cfg: RunConfig) -> ReenactPipeline:
+        tc = run_cfg.sampler.time_context
+        where = {"kind": "fixture", "dir": str(fixture_dir), "time_context": tc}
+        source = from_networks(nets, run_cfg.model, tc, where)
+        opts = GraphOptions(image_size=run_cfg.size, window=run_cfg.windows.size, max_windows=max(4, window_batch),
+                            opt_windows=window_batch, time_context=tc)
+        report = Builder(source, opts, engines, BuildConfig(quiet=quiet)).run()
+        if report["failed"]:
+            raise RuntimeError(f"exported graphs failed their parity check:\n{summary(report)}")
+        expect = {"model": run_cfg.model, "time_context": tc, "image_size": run_cfg.size,
+                  "window": run_cfg.windows.size}
+        return ReenactPipeline(OrtBackend(engines, expect=expect, device="cpu"), run_cfg)
+
+    return factory
+
+
 def reproduce(
     fixture_dir: Path, time_context: str = "release", window_batch: int = 1, pipeline_factory=None
 ) -> list[TensorCheck]:

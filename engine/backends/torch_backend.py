@@ -1,0 +1,52 @@
+"""Eager PyTorch: each graph is its spec's module (export.graphs) over the live ``Networks``.
+
+This is the reference every other backend is compared with. It accepts any shape the
+networks accept (the spec's ranges bind only exported graphs), and runs the LivePortrait
+graphs with autocast disabled, in float32, as the release does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from engine.backends.base import Backend, GraphRunner, Tensors, check_names
+from export.spec import GraphSpec
+
+
+class TorchGraph(GraphRunner):
+    def __init__(self, spec: GraphSpec, module: nn.Module) -> None:
+        super().__init__(spec)
+        self.module = module.eval()
+        param = next(module.parameters())
+        self.device, self.dtype = param.device, param.dtype
+
+    def _region(self) -> contextlib.AbstractContextManager:
+        if self.spec.fp32_only:
+            return torch.autocast(device_type=self.device.type, enabled=False)
+        return contextlib.nullcontext()
+
+    @torch.no_grad()
+    def run(self, feeds: Mapping[str, torch.Tensor]) -> Tensors:
+        check_names(self.spec, feeds)
+        args = []
+        for name in self.spec.input_names:
+            t = feeds[name].to(self.device)
+            args.append(t.to(self.dtype) if t.is_floating_point() else t)
+        with self._region():
+            out = self.module(*args)
+        out = out if isinstance(out, tuple) else (out,)
+        return dict(zip(self.spec.output_names, out))
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(self, nets: object, specs: Mapping[str, GraphSpec]) -> None:
+        runners = {name: TorchGraph(spec, spec.factory(nets)) for name, spec in specs.items()}
+        device = next(iter(runners.values())).device if runners else torch.device("cpu")
+        super().__init__(runners, device)
+        self.nets = nets

@@ -1,0 +1,181 @@
+"""TensorRT: one deserialised engine per graph, run with ``execute_async_v3`` on a CUDA stream.
+
+Buffers are torch CUDA tensors. Per input-shape combination the runner binds static input and
+output buffers once (``set_input_shape`` + ``set_tensor_address``), so a call is: copy the feeds
+into the bound inputs, enqueue, clone the outputs - all on the runner's stream, which waits for
+and is waited on by torch's current stream (no host synchronisation). With ``cuda_graphs`` the
+enqueue is captured into a CUDA graph per shape (cuda-python) after one warm-up enqueue, as
+TensorRT requires, and replayed from then on.
+
+tensorrt and cuda-python are imported when a runner is created; without them creating the
+backend raises one ``TensorRTUnavailable`` error saying what to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.backends.artifacts import check_expected, open_artifact
+from engine.backends.base import Backend, BackendError, GraphRunner, Tensors, check_names
+from export.graphs import GRAPH_NAMES
+from export.spec import GraphSpec
+from export.trt_build import TensorRTUnavailable, engine_precision, needs_plugin, register_plugin, require_tensorrt
+
+
+def require_cudart() -> Any:
+    """cuda-python's runtime module (``cuda.bindings.runtime``, or ``cuda.cudart`` before 12.6)."""
+    for name in ("cuda.bindings.runtime", "cuda.cudart"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    raise TensorRTUnavailable("cuda-python is not installed (pip install 'frvd-engine[trt]'); the TensorRT "
+                              "backend uses it for its CUDA stream graph capture")
+
+
+def _check(result: Any, what: str) -> Any:
+    """cuda-python returns (err, *values); raise on an error, return the values."""
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if int(err) != 0:
+        raise BackendError(f"{what} failed with CUDA error {err}")
+    return values[0] if len(values) == 1 else values
+
+
+_TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "INT64": torch.int64, "INT32": torch.int32,
+                 "BOOL": torch.bool}
+
+
+@dataclass
+class _Binding:
+    """Buffers bound for one input-shape combination (and its captured CUDA graph, if any)."""
+
+    inputs: dict[str, torch.Tensor]
+    outputs: dict[str, torch.Tensor]
+    graph_exec: Any = None
+    warm: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+class TrtGraph(GraphRunner):
+    def __init__(self, spec: GraphSpec, plan: Path, cuda_graphs: bool = False, device: int = 0) -> None:
+        super().__init__(spec)
+        trt = require_tensorrt()
+        self.cudart = require_cudart() if cuda_graphs else None
+        if not torch.cuda.is_available():
+            raise BackendError("the TensorRT backend needs a CUDA device")
+        if needs_plugin(spec):
+            register_plugin()  # before deserialising: the engine refers to frvd::GridSample3D
+        self.device = torch.device("cuda", device)
+        logger = trt.Logger(trt.Logger.WARNING)
+        self.engine = trt.Runtime(logger).deserialize_cuda_engine(Path(plan).read_bytes())
+        if self.engine is None:
+            raise BackendError(f"TensorRT could not deserialise {plan} (built by another TensorRT or GPU?)")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
+        if [n for n in names if is_input[n]] != spec.input_names or {n for n in names if not is_input[n]} != set(
+            spec.output_names
+        ):
+            raise BackendError(f"{plan}: engine tensors {names} do not match the {spec.name} spec")
+        self.dtypes = {n: _TORCH_DTYPES[self.engine.get_tensor_dtype(n).name] for n in names}
+        self.stream = torch.cuda.Stream(self.device)
+        self.cuda_graphs = cuda_graphs
+        self._bindings: dict[tuple, _Binding] = {}
+        self._active: tuple | None = None
+
+    def fixed_dims(self) -> dict[str, int]:
+        return {d.name: d.min for d in self.spec.dims if d.min == d.max}
+
+    def max_dims(self) -> dict[str, int]:
+        return {d.name: d.max for d in self.spec.dims}
+
+    def _bind(self, shapes: dict[str, tuple[int, ...]]) -> _Binding:
+        key = tuple(shapes[n] for n in self.spec.input_names)
+        binding = self._bindings.get(key)
+        if binding is None:
+            inputs = {n: torch.empty(s, dtype=self.dtypes[n], device=self.device) for n, s in shapes.items()}
+            for n, t in inputs.items():
+                self.context.set_input_shape(n, tuple(t.shape))
+            outputs = {n: torch.empty(tuple(self.context.get_tensor_shape(n)), dtype=self.dtypes[n],
+                                      device=self.device) for n in self.spec.output_names}
+            binding = self._bindings[key] = _Binding(inputs, outputs)
+            self._active = None
+        if self._active != key:  # shapes and addresses are context state: rebind when switching
+            for n, t in {**binding.inputs, **binding.outputs}.items():
+                if n in binding.inputs:
+                    self.context.set_input_shape(n, tuple(t.shape))
+                self.context.set_tensor_address(n, t.data_ptr())
+            self._active = key
+        return binding
+
+    def _enqueue(self, binding: _Binding) -> None:
+        handle = self.stream.cuda_stream
+        if not self.cuda_graphs:
+            if not self.context.execute_async_v3(handle):
+                raise BackendError(f"TensorRT failed to enqueue {self.spec.name}")
+            return
+        if binding.graph_exec is None:
+            if not binding.warm:  # TensorRT must run once per shape before it can be captured
+                self.context.execute_async_v3(handle)
+                binding.warm = True
+            cudart = self.cudart
+            _check(cudart.cudaStreamBeginCapture(handle, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal),
+                   "cudaStreamBeginCapture")
+            self.context.execute_async_v3(handle)
+            graph = _check(cudart.cudaStreamEndCapture(handle), "cudaStreamEndCapture")
+            binding.graph_exec = _check(cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+            _check(cudart.cudaGraphDestroy(graph), "cudaGraphDestroy")
+        _check(self.cudart.cudaGraphLaunch(binding.graph_exec, handle), "cudaGraphLaunch")
+
+    def run(self, feeds: Mapping[str, torch.Tensor]) -> Tensors:
+        check_names(self.spec, feeds)
+        shapes = {n: tuple(feeds[n].shape) for n in self.spec.input_names}
+        try:
+            self.spec.solve_dims(shapes)
+        except ValueError as err:
+            raise BackendError(str(err)) from None
+        current = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(current)
+        with torch.cuda.stream(self.stream):
+            binding = self._bind(shapes)
+            for n, t in binding.inputs.items():
+                t.copy_(feeds[n], non_blocking=True)
+            self._enqueue(binding)
+            outputs = {n: binding.outputs[n].clone() for n in self.spec.output_names}
+        current.wait_stream(self.stream)
+        for t in feeds.values():  # the copies above read them on our stream
+            if t.is_cuda:
+                t.record_stream(self.stream)
+        return outputs
+
+    def close(self) -> None:
+        if self.cudart is not None:
+            for binding in self._bindings.values():
+                if binding.graph_exec is not None:
+                    self.cudart.cudaGraphExecDestroy(binding.graph_exec)
+        self._bindings.clear()
+
+
+class TrtBackend(Backend):
+    name = "tensorrt"
+
+    def __init__(self, engines: Path, graphs: Sequence[str] = GRAPH_NAMES, precision: str = "fp16",
+                 expect: Mapping[str, Any] | None = None, cuda_graphs: bool = False, verify: bool = True) -> None:
+        require_tensorrt()  # the one clear error, before any file is opened
+        runners = {}
+        self.artifacts = {}
+        for graph in graphs:
+            kinds = [f"trt-{precision}", "trt-fp32"] if precision == "fp16" else ["trt-fp32"]
+            art = open_artifact(engines, graph, kinds, target="trt", verify=verify)
+            if art.kind != f"trt-{engine_precision(art.spec, precision)}":
+                raise BackendError(f"{engines} has no {precision} {graph} engine: build with --precision {precision}")
+            check_expected(art, expect)
+            self.artifacts[graph] = art
+            runners[graph] = TrtGraph(art.spec, art.file("model.plan"), cuda_graphs=cuda_graphs)
+        super().__init__(runners, "cuda")

@@ -1,0 +1,203 @@
+"""Content-addressed build cache for exported graphs and engines.
+
+Each artifact lives in ``OUT/<graph>/<kind>/`` (kind: ``onnx-fp32``, ``onnx-fp16``, ``trt-fp16``,
+...) next to a ``meta.json`` that records:
+
+* ``key``: sha256 of ``key_inputs`` - the graph spec, the weights that feed it (per checkpoint
+  file, by content), the precision, the tool versions, the engine source that shapes the graph,
+  and for TensorRT the GPU name and the ONNX artifact's own key;
+* ``files``: name -> {sha256, bytes} of every file of the artifact.
+
+An artifact is reused only when its key matches AND every file still has its recorded size and
+hash, so a truncated, corrupt or foreign file is rebuilt, never loaded. Artifacts are written in a
+staging folder and renamed into place, so an interrupted build leaves the previous one intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CACHE_FORMAT = 1
+META = "meta.json"
+REPO = Path(__file__).resolve().parents[1]
+# Sources whose edits change what a graph computes or how it is written.
+CODE_GLOBS = ("engine/models/**/*.py", "engine/motion.py", "engine/ops.py", "engine/ops_decomposed.py",
+              "export/graphs.py", "export/spec.py", "export/onnx_export.py", "export/grid_sample_onnx.py")
+EXPORT_TOOLS = ("torch", "onnx", "onnxscript", "onnx-ir", "diffusers", "transformers")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def state_dict_hash(module: torch.nn.Module) -> str:
+    """Hash of a module's tensors (names, dtypes, shapes, bytes): the identity of in-memory weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous().reshape(-1)  # 0-d tensors cannot be viewed as bytes
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def tool_versions(names: Iterable[str] = EXPORT_TOOLS) -> dict[str, str]:
+    out = {}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def code_hash(root: Path = REPO, globs: Iterable[str] = CODE_GLOBS) -> str:
+    digest = hashlib.sha256()
+    for pattern in globs:
+        for path in sorted(root.glob(pattern)):
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+class FileHashMemo:
+    """sha256 of weight files, remembered by (path, size, mtime) so unchanged files are read once.
+
+    A touched file whose bytes did not change hashes the same, so it rebuilds nothing.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.entries: dict[str, Any] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            self.entries = {}
+
+    def __call__(self, file: Path) -> str:
+        st = file.stat()
+        stamp = [st.st_size, st.st_mtime_ns]
+        key = str(file.resolve())
+        entry = self.entries.get(key)
+        if entry and entry["stamp"] == stamp:
+            return entry["sha256"]
+        digest = sha256_file(file)
+        self.entries[key] = {"stamp": stamp, "sha256": digest}
+        return digest
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.entries, indent=1, sort_keys=True))
+        tmp.replace(self.path)
+
+
+@dataclass(frozen=True)
+class Lookup:
+    usable: bool
+    reason: str  # "cached", or why it must be (re)built
+    meta: dict | None = None
+
+
+def changed_fields(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the key inputs that differ (what the build says it rebuilt for)."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += changed_fields(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+class ArtifactStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def dir(self, graph: str, kind: str) -> Path:
+        return self.root / graph / kind
+
+    def read_meta(self, graph: str, kind: str) -> dict | None:
+        try:
+            meta = json.loads((self.dir(graph, kind) / META).read_text())
+        except (OSError, ValueError):
+            return None
+        return meta if isinstance(meta, dict) and meta.get("format") == CACHE_FORMAT else None
+
+    def verify(self, graph: str, kind: str, hash_files: bool = True) -> Lookup:
+        """Is the stored artifact intact: metadata readable, every file of its recorded size and hash?"""
+        folder = self.dir(graph, kind)
+        if not (folder / META).exists():
+            return Lookup(False, "not built yet")
+        meta = self.read_meta(graph, kind)
+        if meta is None or not isinstance(meta.get("files"), dict) or not meta["files"]:
+            return Lookup(False, "metadata missing or unreadable")
+        for name, info in meta["files"].items():
+            path = folder / name
+            if not path.is_file():
+                return Lookup(False, f"{name} is missing", meta)
+            if path.stat().st_size != info["bytes"]:
+                return Lookup(False, f"{name} is truncated or replaced (size {path.stat().st_size} != {info['bytes']})",
+                              meta)
+            if hash_files and sha256_file(path) != info["sha256"]:
+                return Lookup(False, f"{name} does not match its recorded hash (corrupt or foreign)", meta)
+        return Lookup(True, "cached", meta)
+
+    def lookup(self, graph: str, kind: str, key: str, key_inputs: Mapping[str, Any]) -> Lookup:
+        """Reusable for ``key``? The key is compared first, so a stale artifact is never hashed."""
+        meta = self.read_meta(graph, kind)
+        if meta is not None and meta.get("key") != key:
+            fields = changed_fields(meta.get("key_inputs", {}), key_inputs)
+            return Lookup(False, "inputs changed" + (f": {', '.join(fields)}" if fields else ""), meta)
+        return self.verify(graph, kind)
+
+    def staging(self, graph: str, kind: str) -> Path:
+        folder = self.root / graph / f".{kind}.staging-{os.getpid()}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        return folder
+
+    def commit(self, staging: Path, graph: str, kind: str, key: str, key_inputs: Mapping[str, Any],
+               info: Mapping[str, Any]) -> dict:
+        """Hash the staged files, write meta.json, swap the folder into place; returns the meta."""
+        files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+                 for p in sorted(staging.iterdir()) if p.is_file()}
+        meta = {"format": CACHE_FORMAT, "graph": graph, "kind": kind, "key": key, "key_inputs": dict(key_inputs),
+                "files": files, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
+        (staging / META).write_text(json.dumps(meta, indent=1, sort_keys=True))
+        final = self.dir(graph, kind)
+        old = final.with_name(f".{kind}.old-{os.getpid()}")
+        if final.exists():
+            final.rename(old)
+        staging.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+        return meta
+
+    def discard(self, staging: Path) -> None:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    def size(self, graph: str, kind: str) -> int:
+        meta = self.read_meta(graph, kind) or {}
+        return sum(f["bytes"] for f in meta.get("files", {}).values())
+
+
+def make_key(inputs: Mapping[str, Any]) -> str:
+    return sha256_json({"format": CACHE_FORMAT, **inputs})
