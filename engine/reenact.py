@@ -28,7 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("outputs/reenact.mp4"), help="output .mp4")
     p.add_argument("--preset", choices=["tiny", "official"], default="tiny")
     p.add_argument("--weights", type=Path, default=None, help="the release's pretrained_weights/ folder")
-    p.add_argument("--size", type=int, default=None, help="output side in pixels (multiple of 8)")
+    p.add_argument("--size", type=int, default=None, help="output side in pixels (multiple of 64)")
     p.add_argument(
         "--steps", type=int, default=25, help="denoising steps (the release's 25)"
     )
@@ -50,8 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--steps must be >= 1")
     if args.window_batch < 1:
         p.error("--window-batch must be >= 1")
-    if args.size is not None and (args.size < 64 or args.size % 8):
-        p.error("--size must be a multiple of 8, at least 64")
+    if args.size is not None and (args.size < 64 or args.size % 64):
+        # latents are size/8 and the UNet halves them three times: size must divide by 64
+        p.error("--size must be a multiple of 64 (64, 128, ..., 512)")
     if args.backend != "torch" and args.engines is None:
         p.error(f"--backend {args.backend} needs --engines DIR (built with python -m engine.build)")
     if args.preset == "official" and args.weights is None and args.backend == "torch":

@@ -202,3 +202,9 @@ def test_ctrl_c_leaves_no_output(tmp_path: Path) -> None:
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_size_must_suit_the_unet(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        reenact.main(["--size", "96"])
+    assert exc.value.code == 2 and "multiple of 64" in capsys.readouterr().err
