@@ -67,17 +67,7 @@ def run_config(cfg: dict, model: ModelConfig, time_context: str, window_batch: i
 
 def load_fixture_networks(fixture_dir: Path, model: ModelConfig, time_context: str) -> Networks:
     nets = build_networks(model, time_context)
-    slots = {
-        "appearance_feature_extractor": nets.motion.appearance_feature_extractor,
-        "motion_extractor": nets.motion.motion_extractor,
-        "warping_module": nets.motion.warping_module,
-        "spade_generator": nets.motion.spade_generator,
-        "head_embedder": nets.head_net,
-        "warping_feature_mapper": nets.denoiser.wfm,
-        "unet": nets.denoiser.unet,
-        "vae": nets.vae,
-        "image_encoder": nets.image_encoder,
-    }
+    slots = nets.slots()
     for slot, filename in WEIGHT_FILES.items():
         path = Path(fixture_dir) / filename
         weights.load_into(slots[slot], weights.read_state_dict(path), path)
