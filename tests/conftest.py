@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import engines_support
 import pytest
 import torch
 
@@ -25,3 +26,15 @@ def media_dir() -> Path:
     if not MEDIA.is_dir():
         pytest.skip("../shared/media is not present beside the repository")
     return MEDIA
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
+    # The tiny engine build and the onnxruntime fixture run take minutes: start them in the
+    # background as soon as the selected tests are known, and only if one of them needs them.
+    engines_support.start_if_needed(items)
+
+
+@pytest.fixture(scope="session")
+def tiny_engines() -> tuple[Path, dict]:
+    """The tiny preset's engines folder and its build report (built once per session)."""
+    return engines_support.tiny_engines()

@@ -9,7 +9,6 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import engines_support
 import pytest
 import torch
 
@@ -24,16 +23,6 @@ from export.graphs import GraphOptions, build_specs
 
 REPO = Path(__file__).resolve().parents[1]
 TRT_ABSENT = importlib.util.find_spec("tensorrt") is None
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _start_background_builds(request: pytest.FixtureRequest) -> None:
-    engines_support.start_if_needed(request.session.items)
-
-
-@pytest.fixture(scope="module")
-def tiny_engines() -> tuple[Path, dict]:
-    return engines_support.tiny_engines()
 
 
 @pytest.fixture(scope="module")

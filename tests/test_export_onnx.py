@@ -26,16 +26,6 @@ from export.spec import max_errors
 REL_TOL = 1e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _start_background_builds(request: pytest.FixtureRequest) -> None:
-    engines_support.start_if_needed(request.session.items)
-
-
-@pytest.fixture(scope="module")
-def tiny_engines() -> tuple[Path, dict]:
-    return engines_support.tiny_engines()
-
-
 @pytest.fixture(scope="module")
 def tiny_nets():
     return build_tiny(presets.tiny(), 0, "release")
