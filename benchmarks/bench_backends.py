@@ -23,13 +23,13 @@ import onnxruntime
 import torch
 
 from engine import presets
+from engine.api import EngineOptions, Reenactor, RunOptions
 from engine.backends.ort_backend import OrtBackend
 from engine.backends.torch_backend import TorchBackend
+from engine.graphs import GRAPH_NAMES, GraphOptions, build_specs
 from engine.io import load_image, read_video
-from engine.networks import build_pipeline
 from engine.reenact import DEFAULT_DRIVING, DEFAULT_SOURCE
 from export.build import BuildConfig, Builder
-from export.graphs import GRAPH_NAMES, GraphOptions, build_specs
 from export.sources import from_preset
 
 
@@ -63,14 +63,15 @@ def time_graphs(engines: Path, reps: int) -> list[dict]:
 def time_pipelines(engines: Path, frames: int, steps: int, reps: int) -> dict:
     out = {}
     for backend in ("torch", "onnxruntime"):
-        pipe = build_pipeline(steps=steps, backend=backend, engines=engines)
-        source = load_image(DEFAULT_SOURCE, pipe.cfg.size)
-        clip = read_video(DEFAULT_DRIVING, pipe.cfg.size, max_frames=frames)
-        pipe(source, clip.frames[:14])  # warm-up
+        engine = Reenactor.from_preset("tiny", EngineOptions(backend=backend, engines=engines))
+        options = RunOptions(steps=steps)
+        source = engine.set_source(load_image(DEFAULT_SOURCE, engine.size))
+        clip = read_video(DEFAULT_DRIVING, engine.size, max_frames=frames)
+        engine.render(source, clip.frames[:14], options=options)  # warm-up
         totals, stages = [], []
         for _ in range(reps):
             t0 = time.perf_counter()
-            result = pipe(source, clip.frames)
+            result = engine.render(source, clip.frames, options=options)
             totals.append(time.perf_counter() - t0)
             stages.append(result.seconds)
         total = statistics.median(totals)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
+from engine.api import EngineOptions, Reenactor, RunOptions
 from engine.io import load_image, read_video
-from engine.networks import build_pipeline
 from engine.reenact import DEFAULT_DRIVING, DEFAULT_SOURCE
 from engine.windows import window_indices
 
@@ -36,16 +36,18 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
 
-    pipe = build_pipeline(preset=args.preset, steps=args.steps, window_batch=args.window_batch)
-    size = pipe.cfg.size
-    source = load_image(DEFAULT_SOURCE, size)
+    engine = Reenactor.from_preset(args.preset, EngineOptions(window_batch=args.window_batch))
+    options = RunOptions(steps=args.steps)
+    size = engine.size
+    source = engine.set_source(load_image(DEFAULT_SOURCE, size))
     clip = read_video(DEFAULT_DRIVING, size, max_frames=args.frames)
     n = len(clip.frames)
 
-    pipe(source, clip.frames[:14])  # warm-up: first-call allocations, lazy imports
+    engine.render(source, clip.frames[:14], options=options)  # warm-up: first-call allocations, lazy imports
 
     window_times: list[float] = []
-    orig = pipe.nets.denoiser.parts
+    nets = engine.backend.nets
+    orig = nets.denoiser.parts
 
     def timed_parts(*a, **k):
         t0 = time.perf_counter()
@@ -53,11 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         window_times.append(time.perf_counter() - t0)
         return out
 
-    pipe.nets.denoiser.parts = timed_parts  # type: ignore[method-assign]
+    nets.denoiser.parts = timed_parts  # type: ignore[method-assign]
     t0 = time.perf_counter()
-    result = pipe(source, clip.frames)
+    result = engine.render(source, clip.frames, options=options)
     total = time.perf_counter() - t0
-    n_windows = len(window_indices(n, pipe.cfg.windows.size, pipe.cfg.windows.overlap))
+    n_windows = len(window_indices(n, engine.cfg.windows.size, engine.cfg.windows.overlap))
     sec = result.seconds
     report = {
         "benchmark": "reference_pipeline",

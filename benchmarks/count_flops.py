@@ -31,13 +31,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from engine import presets
 from engine.config import ModelConfig, SamplerConfig, WindowConfig
+from engine.models.liveportrait.motion_branch import INPUT_SIZE as LIVEPORTRAIT_SIZE  # F and M run at 256x256
 from engine.networks import Networks, build_networks
 from engine.ops import grid_sample_impl
 from engine.windows import window_indices
 
 CFG_BATCH = 2  # the release evaluates every window as one [uncond, cond] pair
 CLIP_SIZE = 224
-LIVEPORTRAIT_SIZE = 256  # MotionBranch resizes every image to 256x256 before F and M
 LATENT_SCALE = 8  # VAE downsampling factor
 
 # Peak dense (no 2:4 sparsity) tensor-core rates, TFLOP/s. FP32 accumulation is what PyTorch's fp16

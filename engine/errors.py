@@ -15,3 +15,7 @@ class InputError(EngineError):
 
 class WeightsError(EngineError):
     """A weights folder or checkpoint does not match what the engine expects."""
+
+
+class FaceError(InputError):
+    """The source image has no usable face, or several and no choice among them."""

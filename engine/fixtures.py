@@ -83,9 +83,9 @@ def _run(args: argparse.Namespace) -> int:
         if kind == "pipeline":
             options["window_batch"] = args.window_batch
             if args.backend == "onnxruntime":
-                from engine.fixture_kinds.pipeline import onnxruntime_factory
+                from export.fixture_engines import onnxruntime_factory
 
-                options["pipeline_factory"] = onnxruntime_factory(args.engines, args.fixture_dir, args.window_batch)
+                options["backend_factory"] = onnxruntime_factory(args.engines, args.fixture_dir, args.window_batch)
         t0 = time.perf_counter()
         checks = run_kind(kind, args.fixture_dir, **options)
         for row in format_rows(kind, checks):

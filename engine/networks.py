@@ -1,4 +1,4 @@
-"""Build every network of a preset (seeded or from the release's weights) and the pipeline."""
+"""Build every network of a preset (seeded or from the release's weights)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from engine import presets, weights
-from engine.config import ModelConfig, RunConfig, SamplerConfig, WindowConfig
+from engine.config import ModelConfig, SamplerConfig
 from engine.models.denoiser import Denoiser
 from engine.models.head_net import HeadNet
 from engine.models.liveportrait.motion_branch import MotionBranch
@@ -55,6 +55,16 @@ class Networks:
             "vae": self.vae,
             "image_encoder": self.image_encoder,
         }
+
+    @property
+    def time_context(self) -> str:
+        """The temporal-context layout the modules were built with (one value for all of them)."""
+        from engine.models.time_context import SpatioTemporalTransformer
+
+        modes = {m.time_context for m in self.denoiser.modules() if isinstance(m, SpatioTemporalTransformer)}
+        if len(modes) != 1:
+            raise RuntimeError(f"the denoiser's modules disagree on the time-context layout: {sorted(modes)}")
+        return modes.pop()
 
     def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Networks:
         for name, module in self.modules().items():
@@ -192,55 +202,8 @@ def load_preset(
     return model, SamplerConfig(), build_tiny(model, seed, time_context)
 
 
-def build_pipeline(
-    preset: str = "tiny",
-    weights_dir: Path | None = None,
-    size: int | None = None,
-    steps: int = 25,
-    guidance: float = 2.5,
-    sampler: str = "euler",
-    seed: int = 0,
-    time_context: str = "release",
-    window_batch: int = 1,
-    relative_motion: bool = True,
-    device: str = "cpu",
-    dtype: str = "float32",
-    backend: str = "torch",
-    engines: Path | None = None,
-    **_: object,
-):
-    """The reenact CLI's pipeline: a preset, optionally filled from the release's weights.
-
-    ``backend`` "onnxruntime" / "tensorrt" runs the graphs built by ``python -m engine.build``
-    into ``engines``; the torch weights are then never loaded (only the configs are read).
-    """
-    from engine.backends import create_backend
-    from engine.pipeline import ReenactPipeline
-
-    if backend == "torch":
-        model, sampler_cfg, nets = load_preset(preset, weights_dir, seed, time_context)
-    elif preset == "official" and weights_dir is not None:
-        (model, sampler_cfg), nets = _official_config(Path(weights_dir)), None
-    else:
-        model, sampler_cfg, nets = presets.from_name(preset), SamplerConfig(), None
-    sampler_cfg = replace(
-        sampler_cfg,
-        sampler=sampler,
-        steps=steps,
-        min_guidance=guidance,
-        max_guidance=guidance,
-        time_context=time_context,
-    )
-    cfg = RunConfig(
-        model=model,
-        sampler=sampler_cfg,
-        windows=WindowConfig(batch=window_batch),
-        size=size or model.image_size,
-        seed=seed,
-        relative_motion=relative_motion,
-        dtype=dtype,
-        device=device,
-    )
-    if nets is not None:
-        nets.to(device, getattr(torch, dtype))
-    return ReenactPipeline(create_backend(backend, cfg, nets=nets, engines=engines), cfg)
+def preset_configs(preset: str, weights_dir: Path | None) -> tuple[ModelConfig, SamplerConfig]:
+    """A preset's configs without building any network (backends that run exported graphs)."""
+    if preset == "official" and weights_dir is not None:
+        return _official_config(Path(weights_dir))
+    return presets.from_name(preset), SamplerConfig()

@@ -46,8 +46,16 @@ DTYPE_CODES = {torch.float32: 0, torch.float16: 1}
 _BUILD_HINT = "build it with scripts/build_kernels.sh (CMake) or point FRVD_KERNEL_LIB at libfrvd_kernels.so"
 
 
+FRVD_ERR_NO_CUDA = 6  # frvd_status codes that concern the CUDA side (frvd_grid_sample3d.h)
+FRVD_ERR_CUDA = 7
+
+
 class KernelLibraryError(EngineError):
-    """libfrvd_kernels.so is missing, stale, or rejected a call."""
+    """libfrvd_kernels.so is missing, stale, or rejected a call (``status``: its frvd_status code)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 # --------------------------------------------------------------------------- library loading
@@ -56,6 +64,8 @@ _lib: ctypes.CDLL | None = None
 _lib_error: str | None = None
 _lib_loaded = False
 _warned: set[str] = set()
+_cuda_problem: str | None = None  # why the CUDA kernel cannot run here (probed once, or seen failing)
+_cuda_probed = False
 
 
 def kernel_library_candidates() -> list[Path]:
@@ -78,6 +88,9 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.frvd_grid_sample3d.argtypes = [ptr, ptr, ptr] + [i64] * 8 + [i32] * 4 + [ptr]
     lib.frvd_grid_sample3d_cpu.restype = i32
     lib.frvd_grid_sample3d_cpu.argtypes = [ptr, ptr, ptr] + [i64] * 8 + [i32] * 4
+    if hasattr(lib, "frvd_cuda_check"):  # newer than ABI 1's first release: optional
+        lib.frvd_cuda_check.restype = i32
+        lib.frvd_cuda_check.argtypes = [ctypes.POINTER(i32)] * 3
 
 
 def _try_load() -> tuple[ctypes.CDLL | None, str | None]:
@@ -121,10 +134,52 @@ def kernel_library_has_cuda() -> bool:
     return bool(lib is not None and lib.frvd_kernels_has_cuda())
 
 
+def _version(v: int) -> str:
+    return f"{v // 1000}.{v % 1000 // 10}" if v else "none"
+
+
+def cuda_kernel_problem() -> str | None:
+    """Why the library's CUDA kernel cannot launch on this machine (None when it can, or when the
+    library predates ``frvd_cuda_check``). Probed once: a driver older than the CUDA toolkit the
+    library was compiled with (CUDA 13 needs driver >= 580) fails every launch with status 7."""
+    global _cuda_problem, _cuda_probed
+    if _cuda_probed or _cuda_problem is not None:
+        return _cuda_problem
+    _cuda_probed = True
+    lib = load_kernel_library(required=False)
+    if lib is None or not lib.frvd_kernels_has_cuda():
+        return _cuda_problem
+    check = getattr(lib, "frvd_cuda_check", None)
+    if check is None:
+        return None
+    runtime, driver, devices = ctypes.c_int(0), ctypes.c_int(0), ctypes.c_int(0)
+    status = check(ctypes.byref(runtime), ctypes.byref(driver), ctypes.byref(devices))
+    if status == 0:
+        return None
+    if devices.value == 0 and driver.value:
+        _cuda_problem = f"{LIB_NAME}'s CUDA kernel sees no CUDA device (driver supports CUDA {_version(driver.value)})"
+    elif driver.value < runtime.value:
+        _cuda_problem = (
+            f"{LIB_NAME} was built with CUDA {_version(runtime.value)} but the NVIDIA driver supports only CUDA "
+            f"{_version(driver.value)}; update the driver (CUDA 13 needs >= 580) or rebuild the library with "
+            f"scripts/build_kernels.sh using an older CUDA toolkit"
+        )
+    else:
+        _cuda_problem = f"{LIB_NAME}'s CUDA kernel cannot run here (frvd_cuda_check status {status})"
+    return _cuda_problem
+
+
+def _note_cuda_failure(err: KernelLibraryError) -> None:
+    """A launch failed with status 7: the CUDA kernel is unusable for the rest of the process."""
+    global _cuda_problem
+    _cuda_problem = _cuda_problem or f"the CUDA kernel failed to launch ({err})"
+
+
 def _reset_kernel_library() -> None:
     """Forget the loaded library and the once-only warnings (tests switch FRVD_KERNEL_LIB)."""
-    global _lib, _lib_error, _lib_loaded
+    global _lib, _lib_error, _lib_loaded, _cuda_problem, _cuda_probed
     _lib, _lib_error, _lib_loaded = None, None, False
+    _cuda_problem, _cuda_probed = None, False
     _warned.clear()
 
 
@@ -137,7 +192,7 @@ def _warn_once(key: str, message: str) -> None:
 def _check(lib: ctypes.CDLL, status: int) -> None:
     if status != 0:
         text = lib.frvd_status_string(status).decode()
-        raise KernelLibraryError(f"frvd_grid_sample3d failed with status {status}: {text}")
+        raise KernelLibraryError(f"frvd_grid_sample3d failed with status {status}: {text}", status=status)
 
 
 # --------------------------------------------------------------------------- custom op
@@ -216,7 +271,11 @@ def _grid_sample3d_cuda(
     lib = load_kernel_library(required=True)
     assert lib is not None
     if not lib.frvd_kernels_has_cuda():
-        raise KernelLibraryError(f"{LIB_NAME} was built without CUDA (nvcc not found at build time)")
+        raise KernelLibraryError(f"{LIB_NAME} was built without CUDA (nvcc not found at build time)",
+                                 status=FRVD_ERR_NO_CUDA)
+    problem = cuda_kernel_problem()
+    if problem is not None:
+        raise KernelLibraryError(problem, status=FRVD_ERR_CUDA)
     if input.dtype not in DTYPE_CODES:
         raise ValueError(f"frvd::grid_sample3d on CUDA supports float32 and float16, got {input.dtype}")
     mode_code, pad_code = _codes(mode, padding_mode)
@@ -332,9 +391,26 @@ def grid_sample3d(
             reason = _lib_error or f"{LIB_NAME} is not available"
         elif input.device.type == "cuda" and not kernel_library_has_cuda():
             reason = f"{LIB_NAME} was built without CUDA"
+        elif input.device.type == "cuda" and not torch.compiler.is_exporting():
+            reason = cuda_kernel_problem()
     if reason is not None:
         # An explicit "kernel" request still cannot serve what the kernel does not
         # implement (4-D input, bicubic, autograd, other dtypes); torch does it exactly.
         _warn_once(reason, f"grid_sample3d: using torch.nn.functional.grid_sample ({reason})")
         return F.grid_sample(input, grid, mode=mode, padding_mode=padding_mode, align_corners=align_corners)
-    return torch.ops.frvd.grid_sample3d(input, grid, mode, padding_mode, align)
+    try:
+        return _call_kernel(input, grid, mode, padding_mode, align)
+    except KernelLibraryError as err:
+        # "kernel" was asked for explicitly: one clear error. "auto" keeps working on torch when
+        # the CUDA side cannot launch (status 7, e.g. a driver older than the build's CUDA).
+        if impl != "auto" or err.status != FRVD_ERR_CUDA:
+            raise
+        _note_cuda_failure(err)
+        _warn_once(str(_cuda_problem), f"grid_sample3d: using torch.nn.functional.grid_sample ({_cuda_problem})")
+        return F.grid_sample(input, grid, mode=mode, padding_mode=padding_mode, align_corners=align_corners)
+
+
+def _call_kernel(input: torch.Tensor, grid: torch.Tensor, mode: str, padding_mode: str,
+                 align_corners: bool) -> torch.Tensor:
+    """The custom op (a seam the tests replace to simulate a failing CUDA launch)."""
+    return torch.ops.frvd.grid_sample3d(input, grid, mode, padding_mode, align_corners)

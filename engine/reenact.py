@@ -1,55 +1,77 @@
 """``python -m engine.reenact``: animate a source portrait with a driving clip.
 
-With no arguments it runs the embedded default: the tiny preset on the bundled media.
+With no arguments it runs the embedded default: the tiny preset on the bundled media. A thin CLI
+over ``engine.api.Reenactor``: exact mode (the release's algorithm) by default, ``--stream`` runs the
+file through the causal live path instead. Writes OUT.mp4 and OUT.json (the resolved configuration).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from engine.errors import EngineError
-from engine.io import check_output_path, load_image, read_video, side_by_side, write_video
+from engine.errors import EngineError, InputError
+from engine.progress import PROGRESS_MODES, make_progress
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_SOURCE = ASSETS / "source.png"
 DEFAULT_DRIVING = ASSETS / "driving.mp4"
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m engine.reenact", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m engine.reenact", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="source portrait image")
     p.add_argument("--driving", type=Path, default=DEFAULT_DRIVING, help="driving video")
-    p.add_argument("--out", type=Path, default=Path("outputs/reenact.mp4"), help="output .mp4")
+    p.add_argument("--out", type=Path, default=Path("outputs/reenact.mp4"),
+                   help="output .mp4; OUT.json beside it records the resolved configuration")
     p.add_argument("--preset", choices=["tiny", "official"], default="tiny")
     p.add_argument("--weights", type=Path, default=None, help="the release's pretrained_weights/ folder")
-    p.add_argument("--size", type=int, default=None, help="output side in pixels (multiple of 64)")
-    p.add_argument(
-        "--steps", type=int, default=25, help="denoising steps (the release's 25)"
-    )
-    p.add_argument("--guidance", type=float, default=2.5)
+    p.add_argument("--size", type=int, default=None, help="output side in pixels, a multiple of 64 (default: preset's)")
+    p.add_argument("--steps", type=int, default=25, help="denoising steps (the release's 25)")
+    p.add_argument("--guidance", type=_finite, default=2.5, help="classifier-free guidance scale")
     p.add_argument("--sampler", choices=["euler", "ddim"], default="euler")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--time-context", choices=["release", "fixed"], default="release")
+    p.add_argument("--seed", type=int, default=0, help="the run's noise draws")
+    p.add_argument("--time-context", choices=["release", "fixed"], default="release",
+                   help="temporal-context layout: the release's (diffusers 0.27.2) or PR #7268's")
     p.add_argument("--window-batch", type=int, default=1, help="windows per denoiser call")
     p.add_argument("--max-frames", type=int, default=None, help="use only the first N driving frames")
     p.add_argument("--absolute-motion", action="store_true", help="self-reenactment: absolute driving motion")
     p.add_argument("--side-by-side", action="store_true", help="write source | driving | result")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--stream", action="store_true",
+                   help="run the clip through the causal live path (frames emitted as windows finish)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                   help="precision of the diffusion networks (LivePortrait stays float32)")
     p.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], default="torch",
                    help="what runs the networks (onnxruntime/tensorrt: graphs built by python -m engine.build)")
     p.add_argument("--engines", type=Path, default=None, help="folder written by python -m engine.build --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
+                   help="bars on a terminal, plain lines otherwise (auto), or none")
+    p.add_argument("--quiet", action="store_true", help="same as --progress none")
     args = p.parse_args(argv)
     if args.steps < 1:
         p.error("--steps must be >= 1")
     if args.window_batch < 1:
         p.error("--window-batch must be >= 1")
+    if args.max_frames is not None and args.max_frames < 1:
+        p.error("--max-frames must be >= 1")
+    if not 0 <= args.seed < 2**63:
+        p.error("--seed must be in [0, 2^63)")
     if args.size is not None and (args.size < 64 or args.size % 64):
         # latents are size/8 and the UNet halves them three times: size must divide by 64
         p.error("--size must be a multiple of 64 (64, 128, ..., 512)")
@@ -60,88 +82,137 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-class _Bar:
-    """One tqdm bar per stage, driven by the pipeline's (stage, done, total) callback."""
+def check_inputs(args: argparse.Namespace, size: int) -> None:
+    """Every path and option checked before any network is built or weight read."""
+    from engine.io import check_input_file, check_output_path, load_image, probe_video
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.bars: dict[str, object] = {}
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        from tqdm import tqdm
-
-        bar = self.bars.get(stage)
-        if bar is None:
-            bar = self.bars[stage] = tqdm(total=total, desc=f"{stage:>8}", leave=False, file=sys.stderr)
-        bar.n = done  # type: ignore[attr-defined]
-        bar.refresh()  # type: ignore[attr-defined]
-        if done >= total:
-            bar.close()  # type: ignore[attr-defined]
-
-    def close(self) -> None:
-        for bar in self.bars.values():
-            bar.close()  # type: ignore[attr-defined]
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise InputError(f"--device {args.device!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(
+            f"--device {args.device}: this torch ({torch.__version__}) has no usable CUDA; install a CUDA build "
+            "(see README, 'On a GPU') or use --device cpu"
+        )
+    load_image(args.source, size)
+    probe_video(args.driving)
+    if args.weights is not None:
+        check_input_file(args.weights, "weights folder") if not args.weights.is_dir() else None
+    out = args.out.expanduser().resolve()
+    for what, path in (("--driving", args.driving), ("--source", args.source)):
+        if path.expanduser().resolve() == out:
+            raise InputError(f"--out '{args.out}' is the {what} file; choose another output path")
+    if args.out.with_suffix(".json").is_dir():
+        raise InputError(f"'{args.out.with_suffix('.json')}' is a directory; the run's configuration goes there")
+    check_output_path(args.out)
 
 
 def run(args: argparse.Namespace) -> str:
-    from engine.networks import build_pipeline
+    from engine import networks
+    from engine.api import EngineOptions, Reenactor, RunOptions
 
     start = time.perf_counter()
-    out = check_output_path(args.out)
-    pipe = build_pipeline(
-        preset=args.preset,
-        weights_dir=args.weights,
-        size=args.size,
-        steps=args.steps,
-        guidance=args.guidance,
-        sampler=args.sampler,
-        seed=args.seed,
-        time_context=args.time_context,
-        window_batch=args.window_batch,
-        relative_motion=not args.absolute_motion,
-        device=args.device,
-        backend=args.backend,
-        engines=args.engines,
+    model, _ = networks.preset_configs(args.preset, args.weights if args.preset == "official" else None)
+    check_inputs(args, args.size or model.image_size)
+    engine = Reenactor.from_preset(
+        args.preset,
+        EngineOptions(size=args.size, device=args.device, dtype=args.dtype, backend=args.backend,
+                      engines=args.engines, time_context=args.time_context, window_batch=args.window_batch),
+        weights=args.weights,
     )
-    size = pipe.cfg.size
-    source = load_image(args.source, size)
-    clip = read_video(args.driving, size, max_frames=args.max_frames)
+    options = RunOptions(steps=args.steps, guidance=args.guidance, sampler=args.sampler, seed=args.seed,
+                         relative_motion=not args.absolute_motion)
+    progress = make_progress("none" if args.quiet else args.progress)
     load_s = time.perf_counter() - start
-
-    bar = _Bar(enabled=not args.quiet and sys.stderr.isatty())
     try:
-        result = pipe(source, clip.frames, progress=bar)
-    finally:
-        bar.close()
-    frames = result.frames
-    if args.side_by_side:
-        frames = side_by_side(np.repeat(source[None], len(frames), 0), clip.frames, frames)
-    t0 = time.perf_counter()
-    write_video(out, frames, clip.rate, audio_from=args.driving if clip.has_audio else None)
-    write_s = time.perf_counter() - t0
-    pipe.cfg.save(out.with_suffix(".json"))
+        with engine:
+            source = engine.set_source(args.source)
+            if args.stream:
+                summary = _run_stream(engine, source, args, options, progress)
+            else:
+                from engine.runtime import RunControl
 
-    sec = result.seconds
+                result = engine.render(source, args.driving, args.out, options=options,
+                                       control=RunControl(progress=progress), max_frames=args.max_frames,
+                                       side_by_side_with_inputs=args.side_by_side)
+                sec = result.seconds
+                summary = (f"{result.num_frames} frames", sec, result.num_frames)
+    finally:
+        progress.close()
+    label, sec, n = summary
     total = time.perf_counter() - start
     backend = "" if args.backend == "torch" else f"{args.backend}, "
-    n = len(result.frames)
+    mode = "stream" if args.stream else "exact"
+    stages = ", ".join(f"{k} {v:.1f} s" for k, v in sec.items() if k != "total")
     return (
-        f"reenact: {n} frames {size}x{size} [{args.preset}, {backend}{pipe.cfg.sampler.sampler} "
-        f"{pipe.cfg.sampler.steps} steps] in {total:.1f} s = {total / n:.2f} s/frame "
-        f"(load {load_s:.1f} s, source {sec['source']:.1f} s, motion {sec['motion']:.1f} s, "
-        f"denoise {sec['denoise']:.1f} s, decode {sec['decode']:.1f} s, write {write_s:.1f} s) -> {out}"
+        f"reenact: {label} {engine.size}x{engine.size} [{args.preset}, {backend}{mode}, {args.sampler} "
+        f"{args.steps} steps] in {total:.1f} s = {total / max(n, 1):.2f} s/frame (load {load_s:.1f} s, {stages})"
+        f" -> {args.out}"
     )
+
+
+def _run_stream(engine, source, args, options, progress) -> tuple[str, dict[str, float], int]:
+    """The file through the live path: a reader thread pushes frames, results go to the writer."""
+    import numpy as np
+
+    from engine.api import _write_with_sidecar
+    from engine.io import iter_video_frames, probe_video
+    from engine.io.image import side_by_side
+    from engine.runtime import RunControl, StageTimer
+
+    info = probe_video(args.driving)
+    control = RunControl(progress=progress)
+    latencies: list[float] = []
+    total = info.frame_count or 0
+    with engine.stream(source, options, control) as stream:
+
+        def feed() -> None:
+            try:
+                for frame in iter_video_frames(args.driving, engine.size, args.max_frames):
+                    stream.push(frame)
+                stream.end()
+            except BaseException:  # noqa: BLE001 - the results loop reports the stream's error
+                control.cancel()
+
+        reader = threading.Thread(target=feed, name="frvd-reader", daemon=True)
+        reader.start()
+
+        def frames():
+            drive = iter_video_frames(args.driving, engine.size, args.max_frames) if args.side_by_side else None
+            for out in stream.results():
+                latencies.append(out.latency)
+                progress("stream", out.index + 1, max(total, out.index + 1))
+                frame = out.frame
+                if drive is not None:
+                    frame = side_by_side(source.image[None], next(drive)[None], frame[None])[0]
+                yield frame
+            control.check()
+
+        timer = StageTimer()
+        cfg = engine.run_config(options)
+        _write_with_sidecar(args.out, frames(), info.rate, args.driving if info.has_audio else None, cfg, timer)
+        reader.join()
+        sec = dict(stream.stage_seconds(), **timer.seconds)
+    n = len(latencies)
+    lat = np.array(latencies) if latencies else np.zeros(1)
+    label = (f"{n} frames streamed (first frame {lat[0]:.2f} s, p50 {np.median(lat):.2f} s, "
+             f"lookahead {stream.lookahead} frames)")
+    return label, sec, n
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_grad_enabled(False)
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _sigterm) if on_main else None
     try:
         print(run(args))
     except EngineError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if err.exit_code == 130:
+            print("interrupted: no output was written", file=sys.stderr)
+        else:
+            print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("interrupted: no output was written", file=sys.stderr)
@@ -149,7 +220,14 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         print("error: out of memory; try a smaller --size or --max-frames", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C: temporary files removed, exit 130
 
 
 if __name__ == "__main__":

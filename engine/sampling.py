@@ -1,13 +1,15 @@
-"""Noise schedules and sampler steps as pure functions (k-diffusion style).
+"""Noise schedules and samplers as pure functions (k-diffusion style).
 
 The denoiser is SVD's v-prediction model in the variance-exploding parametrisation
 x = x0 + sigma * eps; its input is scaled by 1/sqrt(sigma^2 + 1) and it is conditioned on
-c_noise = 0.25 * ln(sigma). No step counter lives anywhere: a step is a function of
-(x, model output, sigma, sigma_next), so windows can sit at different noise levels.
+c_noise = 0.25 * ln(sigma). A sampler is a whole loop ``sample_X(model_fn, x, sigmas, callback)``
+over a ``model_fn(x, sigma) -> denoised`` that the runtime builds (window blending and guidance
+inside); no step counter lives anywhere else, so the same model_fn serves every solver.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,28 +84,45 @@ def v_to_x0(model_output: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) ->
     return model_output * (-sigma / (sigma**2 + 1) ** 0.5) + (x / (sigma**2 + 1))
 
 
-def euler_step(
-    x: torch.Tensor, model_output: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor
-) -> torch.Tensor:
-    """One Euler step of the probability-flow ODE (s_churn = 0: no noise is added)."""
+ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, sigma) -> denoised x0
+Callback = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]  # (step, x, sigma, denoised)
+
+
+def sample_euler(model_fn: ModelFn, x: torch.Tensor, sigmas: torch.Tensor, callback: Callback | None = None
+                 ) -> torch.Tensor:
+    """Euler steps of the probability-flow ODE (s_churn = 0), the release's sampler.
+
+    The arithmetic is diffusers' EulerDiscreteScheduler's, in float32: d = (x - x0) / sigma,
+    x <- x + d * (sigma_next - sigma).
+    """
     x = x.float()
-    x0 = v_to_x0(model_output.float(), x, sigma)
-    derivative = (x - x0) / sigma
-    return x + derivative * (sigma_next - sigma)
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = model_fn(x, sigma).float()
+        derivative = (x - denoised) / sigma
+        x = x + derivative * (sigma_next - sigma)
+        if callback is not None:
+            callback(i, x, sigma, denoised)
+    return x
 
 
-def ddim_step(
-    x: torch.Tensor, model_output: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor
-) -> torch.Tensor:
-    """Deterministic DDIM (eta = 0): re-noise the x0 estimate with the current eps to sigma_next.
+def sample_ddim(model_fn: ModelFn, x: torch.Tensor, sigmas: torch.Tensor, callback: Callback | None = None
+                ) -> torch.Tensor:
+    """Deterministic DDIM (eta = 0): re-noise each x0 estimate with the current eps to sigma_next.
 
     In this parametrisation DDIM and Euler agree step for step (Karras et al. 2022, sec. 4);
     what the 'ddim' sampler changes is the schedule (``ddim_schedule``).
     """
     x = x.float()
-    x0 = v_to_x0(model_output.float(), x, sigma)
-    eps = (x - x0) / sigma
-    return x0 + eps * sigma_next
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = model_fn(x, sigma).float()
+        eps = (x - denoised) / sigma
+        x = denoised + eps * sigma_next
+        if callback is not None:
+            callback(i, x, sigma, denoised)
+    return x
 
 
-STEPS = {"euler": euler_step, "ddim": ddim_step}
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"euler": sample_euler, "ddim": sample_ddim}
+

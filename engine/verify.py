@@ -13,19 +13,20 @@ from pathlib import Path
 
 import torch
 
+from engine.cli_args import Parser, existing_dir, positive_int
 from engine.errors import EngineError
-from export.graphs import GRAPH_NAMES
+from engine.graphs import GRAPH_NAMES
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m engine.verify", description=__doc__)
+    p = Parser(prog="python -m engine.verify", description=__doc__)
     p.add_argument("--backend", choices=["onnxruntime", "tensorrt"], required=True)
     p.add_argument("--engines", type=Path, required=True, help="folder written by python -m engine.build --out")
     p.add_argument("--graphs", nargs="+", choices=GRAPH_NAMES, default=None, help="default: every built graph")
     p.add_argument("--precision", choices=["fp32", "fp16"], default=None,
                    help="which artifacts (default: fp32 for onnxruntime, fp16 for tensorrt)")
     p.add_argument("--cuda-graphs", action="store_true", help="tensorrt: replay captured CUDA graphs")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from export.verify import table, verify
 
     try:
+        existing_dir(args.engines, "--engines", "folder written by python -m engine.build --out")
         with torch.no_grad():
             rows = verify(args.backend, args.engines, args.graphs, precision, args.cuda_graphs)
     except EngineError as err:

@@ -11,6 +11,7 @@ downloaded, ever.
 from __future__ import annotations
 
 import json
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,33 @@ CONFIG_FILES = {
 }
 
 
+# Optional: the release's source aligner (``--is_align``). InsightFace's FaceAnalysis("buffalo_l", root=R)
+# reads R/models/buffalo_l/*.onnx and the release passes R = pretrained_weights/facecropper/insightface.
+# The release also runs facecropper/landmark.onnx (203 points) but only for landmarks its align step
+# throws away; the crop comes from the 106 points alone, so that file is not needed here.
+FACECROPPER_FILES = {
+    "detector": "facecropper/insightface/models/buffalo_l/det_10g.onnx",
+    "landmark_106": "facecropper/insightface/models/buffalo_l/2d106det.onnx",
+}
+
+
+def locate_facecropper(weights_dir: Path | None) -> tuple[dict[str, Path] | None, str]:
+    """(paths of the release's face models, "") when all are present, else (None, why not).
+
+    Absent is not an error: alignment then falls back to the built-in detector.
+    """
+    if weights_dir is None:
+        return None, "no weights folder was given"
+    root = Path(weights_dir)
+    if not (root / "facecropper").is_dir():
+        return None, f"{root / 'facecropper'} does not exist"
+    paths = {name: root / rel for name, rel in FACECROPPER_FILES.items()}
+    missing = [FACECROPPER_FILES[n] for n, p in paths.items() if not p.is_file()]
+    if missing:
+        return None, f"{root} lacks {', '.join(missing)}"
+    return paths, ""
+
+
 def locate(weights_dir: Path) -> dict[str, Path]:
     """Path of every checkpoint in a pretrained_weights/ folder; one error lists all that are missing."""
     root = Path(weights_dir)
@@ -114,9 +142,34 @@ def read_json_config(weights_dir: Path, which: str) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise WeightsError(f"config {path} is not valid JSON ({err}): restore it from the release") from None
+        config = json.loads(path.read_text())
+    except OSError as err:
+        raise WeightsError(f"config {path} cannot be read ({err.strerror or err}): check its permissions") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        where = f" (line {err.lineno}, column {err.colno})" if isinstance(err, json.JSONDecodeError) else ""
+        raise WeightsError(f"config {path} is not valid JSON{where}: restore it from the release") from None
+    if not isinstance(config, dict):
+        raise WeightsError(f"config {path} is JSON but not an object of settings: restore it from the release")
+    return config
+
+
+def _unreadable(path: Path, err: Exception) -> WeightsError:
+    """Say in our words what a reader's failure means and what to do (its own message is for developers)."""
+    if isinstance(err, PermissionError):
+        return WeightsError(f"checkpoint {path} cannot be read (permission denied): make it readable")
+    if path.stat().st_size == 0:
+        return WeightsError(f"checkpoint {path} is empty: the download did not finish; download it again")
+    if isinstance(err, pickle.UnpicklingError):
+        # weights_only refuses anything but tensors and plain containers: pickled code could run on load
+        return WeightsError(
+            f"checkpoint {path} holds Python objects besides tensors (a whole pickled model?), which are not "
+            "loaded for safety: use the release's file, or re-save it as model.state_dict()"
+        )
+    kind = "safetensors" if path.suffix == ".safetensors" else "PyTorch checkpoint"
+    return WeightsError(
+        f"checkpoint {path} is not a complete {kind} (cut short, or not a weights file at all): "
+        "download it again from the source listed in README, 'Official weights'"
+    )
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -125,16 +178,21 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
             return load_file(str(path))
-        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):
+                raise
+            # a legacy (pre-zip) torch.save file cannot be memory-mapped but is still a valid checkpoint
+            sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any reader failure means the same thing to a user
-        raise WeightsError(
-            f"checkpoint {path} could not be read ({type(err).__name__}: {str(err)[:200]}): "
-            "it is corrupt or not a weights file; download it again"
-        ) from None
+        raise _unreadable(path, err) from None
     if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
         sd = sd["state_dict"]
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise WeightsError(f"checkpoint {path} does not hold a state dict of tensors")
+        raise WeightsError(
+            f"checkpoint {path} does not hold a state dict of tensors: use the release's file for this slot"
+        )
     return dict(sd)
 
 

@@ -19,12 +19,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.graph_spec import GraphSpec
+from engine.graphs import GRAPH_NAMES, GraphOptions, build_specs
 from export import cache, check
 from export.cache import ArtifactStore, make_key
-from export.graphs import GRAPH_NAMES, GraphOptions, build_specs
 from export.onnx_export import export_module
 from export.sources import NetworkSource
-from export.spec import GraphSpec
 
 REPORT = "build_report.json"
 ONNX_FILE = "model.onnx"
@@ -129,7 +129,7 @@ class Builder:
             if row.passed and self.cfg.target == "trt":
                 row = self._trt(spec, onnx_key, row, bar)
             elif row.passed and self._wants_fp16(spec):
-                row = self._fp16(spec, onnx_key, row, bar)
+                row, _ = self._fp16(spec, onnx_key, row, bar)
         return row
 
     def _wants_fp16(self, spec: GraphSpec) -> bool:
@@ -186,14 +186,15 @@ class Builder:
         return OrtGraph(spec, path, providers=["CPUExecutionProvider"])
 
     # ------------------------------------------------------------------------------ fp16 / trt
-    def _fp16(self, spec: GraphSpec, onnx_key: str, parent: Row, bar: Any) -> Row:
+    def _fp16(self, spec: GraphSpec, onnx_key: str, parent: Row, bar: Any) -> tuple[Row, str]:
         kind = "onnx-fp16"
-        inputs = {"onnx": onnx_key, "precision": "fp16", "tools": cache.tool_versions(("onnx", "onnxruntime"))}
+        inputs = {"onnx": onnx_key, "precision": "fp16", "tools": cache.tool_versions(("onnx", "onnxruntime")),
+                  "converter": check.FP16_CONVERTER}
         key = make_key(inputs)
         found = self.store.lookup(spec.name, kind, key, inputs)
         if found.usable:
             bar.update()
-            return self._cached_row(spec, kind, found.meta or {}, exported=parent.exported)
+            return self._cached_row(spec, kind, found.meta or {}, exported=parent.exported), key
         row = Row(spec.name, kind, status="built", reason=found.reason, exported=parent.exported,
                   tolerance=spec.tol("fp16"))
         t0 = time.perf_counter()
@@ -205,13 +206,18 @@ class Builder:
             self._measure(row, spec, module, lambda: self._ort_runner(spec, staging / ONNX_FILE, facts), facts)
             bar.update()
             row.seconds = round(time.perf_counter() - t0 + parent.seconds, 3)
-            return self._finish(row, staging, spec, key, inputs, facts=facts)
+            return self._finish(row, staging, spec, key, inputs, facts=facts), key
 
     def _trt(self, spec: GraphSpec, onnx_key: str, parent: Row, bar: Any) -> Row:
         from export import trt_build
 
         precision = trt_build.engine_precision(spec, self.cfg.precision)
         kind = f"trt-{precision}"
+        source_kind = trt_build.onnx_source_kind(spec, self.cfg.precision)
+        if source_kind == "onnx-fp16":  # TensorRT 11: the fp16 graph's types set the precision
+            parent, onnx_key = self._fp16(spec, onnx_key, parent, bar)
+            if not parent.passed:
+                return parent
         inputs = trt_build.key_inputs(spec, onnx_key, self.cfg.precision)
         key = make_key(inputs)
         found = self.store.lookup(spec.name, kind, key, inputs)
@@ -223,7 +229,7 @@ class Builder:
         t0 = time.perf_counter()
         bar.set_postfix_str("tensorrt")
         with self._staged(spec.name, kind) as staging:
-            onnx_path = self.store.dir(spec.name, "onnx-fp32") / ONNX_FILE
+            onnx_path = self.store.dir(spec.name, source_kind) / ONNX_FILE
             facts = trt_build.build_engine(onnx_path, spec, self.cfg.precision, staging / PLAN_FILE, self.out,
                                            self.cfg.workspace_gib)
 

@@ -11,6 +11,9 @@ Each artifact lives in ``OUT/<graph>/<kind>/`` (kind: ``onnx-fp32``, ``onnx-fp16
 An artifact is reused only when its key matches AND every file still has its recorded size and
 hash, so a truncated, corrupt or foreign file is rebuilt, never loaded. Artifacts are written in a
 staging folder and renamed into place, so an interrupted build leaves the previous one intact.
+
+The reading side (layout, meta.json, integrity check, sha256 helpers) is ``engine.artifact_store``,
+which the backends use without this package; ``ArtifactStore`` here adds keys and writing.
 """
 
 from __future__ import annotations
@@ -22,31 +25,19 @@ import os
 import shutil
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-CACHE_FORMAT = 1
-META = "meta.json"
+from engine.artifact_store import CACHE_FORMAT, META, ArtifactReader, Lookup, sha256_file, sha256_json
+
 REPO = Path(__file__).resolve().parents[1]
 # Sources whose edits change what a graph computes or how it is written.
 CODE_GLOBS = ("engine/models/**/*.py", "engine/motion.py", "engine/ops.py", "engine/ops_decomposed.py",
-              "export/graphs.py", "export/spec.py", "export/onnx_export.py", "export/grid_sample_onnx.py")
+              "engine/networks.py", "engine/graphs.py", "engine/graph_spec.py", "export/onnx_export.py",
+              "export/grid_sample_onnx.py")
 EXPORT_TOOLS = ("torch", "onnx", "onnxscript", "onnx-ir", "diffusers", "transformers")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def sha256_json(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def state_dict_hash(module: torch.nn.Module) -> str:
@@ -109,13 +100,6 @@ class FileHashMemo:
         tmp.replace(self.path)
 
 
-@dataclass(frozen=True)
-class Lookup:
-    usable: bool
-    reason: str  # "cached", or why it must be (re)built
-    meta: dict | None = None
-
-
 def changed_fields(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
     """Dotted names of the key inputs that differ (what the build says it rebuilt for)."""
     out = []
@@ -128,38 +112,8 @@ def changed_fields(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str =
     return out
 
 
-class ArtifactStore:
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-
-    def dir(self, graph: str, kind: str) -> Path:
-        return self.root / graph / kind
-
-    def read_meta(self, graph: str, kind: str) -> dict | None:
-        try:
-            meta = json.loads((self.dir(graph, kind) / META).read_text())
-        except (OSError, ValueError):
-            return None
-        return meta if isinstance(meta, dict) and meta.get("format") == CACHE_FORMAT else None
-
-    def verify(self, graph: str, kind: str, hash_files: bool = True) -> Lookup:
-        """Is the stored artifact intact: metadata readable, every file of its recorded size and hash?"""
-        folder = self.dir(graph, kind)
-        if not (folder / META).exists():
-            return Lookup(False, "not built yet")
-        meta = self.read_meta(graph, kind)
-        if meta is None or not isinstance(meta.get("files"), dict) or not meta["files"]:
-            return Lookup(False, "metadata missing or unreadable")
-        for name, info in meta["files"].items():
-            path = folder / name
-            if not path.is_file():
-                return Lookup(False, f"{name} is missing", meta)
-            if path.stat().st_size != info["bytes"]:
-                return Lookup(False, f"{name} is truncated or replaced (size {path.stat().st_size} != {info['bytes']})",
-                              meta)
-            if hash_files and sha256_file(path) != info["sha256"]:
-                return Lookup(False, f"{name} does not match its recorded hash (corrupt or foreign)", meta)
-        return Lookup(True, "cached", meta)
+class ArtifactStore(ArtifactReader):
+    """The build side of the cache: key comparison, staging, atomic commit."""
 
     def lookup(self, graph: str, kind: str, key: str, key_inputs: Mapping[str, Any]) -> Lookup:
         """Reusable for ``key``? The key is compared first, so a stale artifact is never hashed."""
@@ -193,10 +147,6 @@ class ArtifactStore:
 
     def discard(self, staging: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
-
-    def size(self, graph: str, kind: str) -> int:
-        meta = self.read_meta(graph, kind) or {}
-        return sum(f["bytes"] for f in meta.get("files", {}).values())
 
 
 def make_key(inputs: Mapping[str, Any]) -> str:

@@ -10,7 +10,7 @@ import onnx
 import torch
 from torch import nn
 
-from export.spec import GraphSpec, max_errors
+from engine.graph_spec import GraphSpec, max_errors
 
 
 class CheckError(RuntimeError):

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from diffusers.models.upsampling import Upsample2D
 from torch import nn
 
-from export.spec import GraphSpec
+from engine.graph_spec import GraphSpec
 
 log = logging.getLogger(__name__)
 

@@ -1,43 +1,38 @@
 """TensorRT engines from the exported ONNX graphs (imported lazily: TensorRT is optional).
 
 One engine per graph with one optimisation profile (the spec's min/opt/max shapes), FP16 when
-asked (the LivePortrait graphs stay FP32, as the release runs them), a persistent timing cache
+asked (the LivePortrait graphs stay FP32, as the release runs them): on TensorRT 10 by lowering the
+fp32 graph under ``BuilderFlag.FP16``; on TensorRT 11, which builds strongly typed networks only
+and has no such flag, by parsing the fp16 ONNX graph, whose types set the precision
+(``engine.backends.trt_runtime.onnx_kind_for_engine``). A persistent timing cache
 shared by every build in the output folder, and the ``frvd::GridSample3D`` plugin registered
 when the warp graph was exported in the "custom" form. Everything except ``build_engine`` and
-``require_tensorrt`` is plain data and is unit-tested without TensorRT.
+``require_tensorrt`` is plain data and is unit-tested without TensorRT. The helpers the runtime
+shares (``require_tensorrt``, ``engine_precision``, ``needs_plugin``, ``register_plugin``) live in
+``engine.backends.trt_runtime``.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
 from pathlib import Path
 from typing import Any
 
-from engine.errors import EngineError
-from export.cache import REPO
-from export.spec import GraphSpec
-
-INSTALL_HINT = (
-    "TensorRT is not installed: --target trt / --backend tensorrt need the tensorrt and cuda-python "
-    "packages and an NVIDIA GPU (pip install 'frvd-engine[trt]'); --target onnx and "
-    "--backend onnxruntime work without them"
+from engine.backends.trt_runtime import (
+    TensorRTUnavailable,
+    builder_flags,
+    engine_precision,
+    needs_plugin,
+    network_flags,
+    onnx_kind_for_engine,
+    register_plugin,
+    require_tensorrt,
+    strongly_typed,
 )
+from engine.errors import EngineError
+from engine.graph_spec import GraphSpec
+
 TIMING_CACHE = "timing.cache"
-PLUGIN_MODULE = "kernels.grid_sample3d.trt_plugin"
-
-
-class TensorRTUnavailable(EngineError):
-    """The tensorrt package cannot be imported."""
-
-
-def require_tensorrt() -> Any:
-    """``import tensorrt``, or one clear error saying what to install."""
-    try:
-        return importlib.import_module("tensorrt")
-    except ImportError:
-        raise TensorRTUnavailable(INSTALL_HINT) from None
 
 
 def tensorrt_version() -> str:
@@ -54,43 +49,31 @@ def gpu_name() -> str:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no-gpu"
 
 
-def engine_precision(spec: GraphSpec, precision: str) -> str:
-    return "fp32" if spec.fp32_only else precision
-
-
-def needs_plugin(spec: GraphSpec) -> bool:
-    return spec.grid_sample == "custom"
-
-
 def profile_shapes(spec: GraphSpec) -> list[tuple[str, tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
     """``(input, min, opt, max)`` rows for ``IOptimizationProfile.set_shape``."""
     return [(name, *shapes) for name, shapes in spec.profile().items()]
 
 
+def onnx_source_kind(spec: GraphSpec, precision: str) -> str:
+    """The ONNX artifact the engine is parsed from, for the installed TensorRT (fp32 without it)."""
+    try:
+        trt = require_tensorrt()
+    except TensorRTUnavailable:
+        return "onnx-fp32"
+    return onnx_kind_for_engine(trt, spec, precision)
+
+
 def key_inputs(spec: GraphSpec, onnx_key: str, precision: str) -> dict[str, Any]:
-    """What a TensorRT engine depends on beyond its ONNX graph."""
+    """What a TensorRT engine depends on beyond its ONNX graph (``onnx_key``: the parsed one)."""
     return {
         "onnx": onnx_key,
+        "onnx_kind": onnx_source_kind(spec, precision),
         "precision": engine_precision(spec, precision),
         "profile": [[n, list(lo), list(opt), list(hi)] for n, lo, opt, hi in profile_shapes(spec)],
         "plugin": needs_plugin(spec),
         "tensorrt": tensorrt_version(),
         "gpu": gpu_name(),
     }
-
-
-def register_plugin() -> None:
-    """Register frvd::GridSample3D (kernels/grid_sample3d/trt_plugin.py) with TensorRT."""
-    try:
-        module = importlib.import_module(PLUGIN_MODULE)
-    except ImportError:  # the repository root is not on sys.path: load the file itself
-        path = REPO / "kernels" / "grid_sample3d" / "trt_plugin.py"
-        spec = importlib.util.spec_from_file_location(PLUGIN_MODULE, path)
-        if spec is None or spec.loader is None:
-            raise EngineError(f"the GridSample3D plugin module {path} is missing") from None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    module.register()
 
 
 def _read(path: Path) -> bytes:
@@ -114,15 +97,15 @@ def build_engine(onnx_path: Path, spec: GraphSpec, precision: str, plan_path: Pa
     if needs_plugin(spec):
         register_plugin()
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+    network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):  # from the file, so external data is found
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EngineError(f"TensorRT could not parse {onnx_path}: {errors}")
 
     config = builder.create_builder_config()
-    if engine_precision(spec, precision) == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
+    for flag in builder_flags(trt, spec, precision):
+        config.set_flag(flag)
     if workspace_gib:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
     profile = builder.create_optimization_profile()
@@ -130,15 +113,30 @@ def build_engine(onnx_path: Path, spec: GraphSpec, precision: str, plan_path: Pa
         profile.set_shape(name, lo, opt, hi)
     config.add_optimization_profile(profile)
 
-    # A timing cache from another TensorRT version or GPU is rejected by TensorRT itself
-    # (ignore_mismatch=False) and then starts empty.
     cache_path = cache_dir / TIMING_CACHE
-    timing_cache = config.create_timing_cache(_read(cache_path))
-    config.set_timing_cache(timing_cache, ignore_mismatch=False)
+    set_timing_cache(config, _read(cache_path))
 
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise EngineError(f"TensorRT failed to build an engine for {spec.name} (see the log above)")
     plan_path.write_bytes(memoryview(plan))
     _write_atomic(cache_path, memoryview(config.get_timing_cache().serialize()).tobytes())
-    return {"tensorrt": trt.__version__, "gpu": gpu_name(), "precision": engine_precision(spec, precision)}
+    return {"tensorrt": trt.__version__, "gpu": gpu_name(), "precision": engine_precision(spec, precision),
+            "strongly_typed": strongly_typed(trt), "onnx": str(onnx_path)}
+
+
+def set_timing_cache(config: Any, blob: bytes) -> str:
+    """Attach the persistent timing cache; returns "reused", "fresh" or "replaced".
+
+    ``set_timing_cache`` returns False for a cache from another TensorRT version or GPU
+    (ignore_mismatch=False); that cache is then replaced by an empty one instead of being
+    silently dropped, and a refusal of the empty one is an error."""
+    if blob:
+        if config.set_timing_cache(config.create_timing_cache(blob), ignore_mismatch=False):
+            return "reused"
+        outcome = "replaced"
+    else:
+        outcome = "fresh"
+    if not config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False):
+        raise EngineError("TensorRT refused an empty timing cache")
+    return outcome

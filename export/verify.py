@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.backends.base import Backend, BackendError
+from engine.graphs import GRAPH_NAMES
 from export import check
-from export.graphs import GRAPH_NAMES
 from export.sources import load_source
 
 KIND_PREFIX = {"onnxruntime": "onnx-", "tensorrt": "trt-"}

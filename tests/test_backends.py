@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from engine import presets
-from engine.backends import BackendError, create_backend
+from engine.backends import BackendError, create_backend, trt_runtime
 from engine.backends.ort_backend import OrtBackend
 from engine.backends.torch_backend import TorchBackend
 from engine.config import RunConfig, WindowConfig
+from engine.graphs import GraphOptions, build_specs
 from engine.networks import build_tiny
 from export import trt_build
-from export.graphs import GraphOptions, build_specs
 
 REPO = Path(__file__).resolve().parents[1]
 TRT_ABSENT = importlib.util.find_spec("tensorrt") is None
@@ -95,15 +95,15 @@ def test_tensorrt_modules_import_without_tensorrt() -> None:
 @pytest.mark.skipif(not TRT_ABSENT, reason="TensorRT is installed here")
 def test_tensorrt_absent_is_one_clear_error(tmp_path: Path, capsys) -> None:
     cfg = RunConfig(model=presets.tiny(), size=128)
-    with pytest.raises(trt_build.TensorRTUnavailable) as info:
+    with pytest.raises(trt_runtime.TensorRTUnavailable) as info:
         create_backend("tensorrt", cfg, engines=tmp_path)
-    assert str(info.value) == trt_build.INSTALL_HINT
+    assert str(info.value) == trt_runtime.INSTALL_HINT
     assert "TensorRT is not installed" in str(info.value) and "--backend onnxruntime" in str(info.value)
 
     from engine.build import main as build_main
 
     code = build_main(["--preset", "tiny", "--target", "trt", "--out", str(tmp_path / "e"), "--quiet"])
-    assert code == 2 and capsys.readouterr().err.strip() == f"error: {trt_build.INSTALL_HINT}"
+    assert code == 2 and capsys.readouterr().err.strip() == f"error: {trt_runtime.INSTALL_HINT}"
     assert not (tmp_path / "e" / "denoiser").exists()  # it failed before exporting anything
 
 
@@ -112,7 +112,7 @@ def test_reenact_cli_with_tensorrt_absent(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-m", "engine.reenact", "--backend", "tensorrt", "--engines", str(tmp_path),
                           "--out", str(tmp_path / "o.mp4"), "--quiet"],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 2 and res.stderr.strip() == f"error: {trt_build.INSTALL_HINT}"
+    assert res.returncode == 2 and res.stderr.strip() == f"error: {trt_runtime.INSTALL_HINT}"
 
 
 def test_tensorrt_profile_and_key_are_plain_data(specs) -> None:
@@ -121,9 +121,9 @@ def test_tensorrt_profile_and_key_are_plain_data(specs) -> None:
     assert sample[1:] == ((2, 14, 8, 16, 16), (2, 14, 8, 16, 16), (8, 14, 8, 16, 16))
     assert [r[0] for r in rows] == specs["denoiser"].input_names
     warp = build_specs(presets.tiny(), GraphOptions(image_size=128, grid_sample="custom"))["warp"]
-    assert trt_build.needs_plugin(warp) and not trt_build.needs_plugin(specs["warp"])
-    assert trt_build.engine_precision(warp, "fp16") == "fp32"  # LivePortrait stays float32
-    assert trt_build.engine_precision(specs["denoiser"], "fp16") == "fp16"
+    assert trt_runtime.needs_plugin(warp) and not trt_runtime.needs_plugin(specs["warp"])
+    assert trt_runtime.engine_precision(warp, "fp16") == "fp32"  # LivePortrait stays float32
+    assert trt_runtime.engine_precision(specs["denoiser"], "fp16") == "fp16"
     key = trt_build.key_inputs(specs["denoiser"], "onnxkey", "fp16")
     assert key["onnx"] == "onnxkey" and key["precision"] == "fp16" and key["plugin"] is False
     assert {"tensorrt", "gpu", "profile"} <= set(key)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from engine import presets
-from export.graphs import GRAPH_NAMES, GraphOptions, build_specs
-from export.spec import Dim, TensorSpec, parse_dim
+from engine.graph_spec import Dim, TensorSpec, parse_dim
+from engine.graphs import GRAPH_NAMES, GraphOptions, build_specs
 
 
 @pytest.fixture(scope="module")

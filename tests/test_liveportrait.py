@@ -12,7 +12,7 @@ from torch import nn
 
 from engine import motion
 from engine.fixture_kinds import read_config, read_tensors
-from engine.fixture_kinds.liveportrait import build_motion_branch, fixture_inputs, reproduce
+from engine.fixture_kinds.liveportrait import build_networks_for, fixture_inputs, fixture_model, reproduce, run_motion
 from engine.models.liveportrait import (
     AppearanceFeatureExtractor,
     MotionBranch,
@@ -34,8 +34,10 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.fixture(scope="module")
-def branch(fixtures_dir: Path) -> MotionBranch:
-    return build_motion_branch(fixtures_dir)
+def motion_run(fixtures_dir: Path):
+    """The production motion stages over the fixture's networks: run(source, driving, **options)."""
+    nets, model = build_networks_for(fixtures_dir), fixture_model(fixtures_dir)
+    return lambda source, driving, **kw: run_motion(nets, model, source, driving, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -64,44 +66,33 @@ def test_fixture_checks_pass(fixtures_dir: Path) -> None:
 
 
 @pytest.mark.slow
-def test_batched_driving_equals_frame_by_frame(branch: MotionBranch, inputs: tuple) -> None:
+def test_batched_driving_equals_frame_by_frame(motion_run, inputs: tuple) -> None:
     source, driving = inputs[0], inputs[1][:3]
-    per_frame = branch.run(source, driving, chunk_size=1, record=True)
-    batched = branch.run(source, driving, chunk_size=2, record=True)  # uneven last chunk
-    assert batched.trunk.shape == (driving.shape[0], branch.trunk_channels, 64, 64)
-    assert rel_err(batched.trunk, per_frame.trunk) < 1e-5
-    for name, ref in per_frame.intermediates.items():
-        assert batched.intermediates[name].shape == ref.shape, name
-        assert rel_err(batched.intermediates[name], ref) < 1e-5, name
+    per_frame = motion_run(source, driving, chunk=1)
+    batched = motion_run(source, driving, chunk=2)  # uneven last chunk
+    assert batched["out"].shape[0] == driving.shape[0] and batched["out"].shape[-2:] == (64, 64)
+    for name, ref in per_frame.items():
+        assert batched[name].shape == ref.shape, name
+        assert rel_err(batched[name], ref) < 1e-5, name
 
 
 @pytest.mark.slow
-def test_absolute_mode_uses_driving_pose_directly(branch: MotionBranch, inputs: tuple) -> None:
+def test_absolute_mode_uses_driving_pose_directly(motion_run, inputs: tuple) -> None:
     source, driving = inputs[0], inputs[1][1:2]
-    rec = branch.run(source, driving, relative=False, record=True).intermediates
+    rec = motion_run(source, driving, relative=False)
     expected = rec["drv_scale"][:, :, None] * (rec["src_kp"] @ rec["drv_R"] + rec["drv_exp"]) + rec["drv_t"][:, None]
     assert torch.allclose(rec["x_d_new"], expected, atol=1e-6)
 
 
 @pytest.mark.slow
-def test_outer_autocast_does_not_reach_the_branch(branch: MotionBranch, inputs: tuple) -> None:
+def test_outer_autocast_does_not_reach_the_motion_graphs(motion_run, inputs: tuple) -> None:
     source, driving = inputs[0], inputs[1][:2]
-    plain = branch(source, driving)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        under_autocast = branch(source.half(), driving.half())  # also: half inputs are upcast
+        under_autocast = motion_run(source.half(), driving.half())["out"]  # also: half inputs are upcast
     assert under_autocast.dtype == torch.float32
     # Only the inputs' fp16 rounding differs (fixture pixels are k/255*2-1, not all fp16-exact).
-    reference = branch(source.half().float(), driving.half().float())
+    reference = motion_run(source.half().float(), driving.half().float())["out"]
     assert rel_err(under_autocast, reference) < 1e-6  # bf16 compute would be ~1e-2 off
-    assert plain.shape == reference.shape
-
-
-def test_bad_input_shapes_raise(branch: MotionBranch, inputs: tuple) -> None:
-    source, driving = inputs
-    with pytest.raises(ValueError, match="driving"):
-        branch.run(source, driving[None])  # the release's [B, F, 3, H, W] layout
-    with pytest.raises(ValueError, match="driving"):
-        branch.run(source, driving[:0])
 
 
 # ---------------------------------------------------------------- release key maps

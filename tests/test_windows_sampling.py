@@ -75,7 +75,18 @@ def test_karras_schedule_matches_diffusers(steps: int) -> None:
     torch.testing.assert_close(s.timesteps, sch.timesteps.float(), rtol=1e-6, atol=1e-6)
 
 
-def test_euler_step_matches_diffusers_scheduler() -> None:
+def _v_model(gen: torch.Generator, steps: int, shape: tuple[int, ...]) -> tuple[list[torch.Tensor], object]:
+    """Random v-predictions per step and a model_fn that turns them into denoised estimates."""
+    vs = [torch.randn(shape, generator=gen) for _ in range(steps)]
+    calls = iter(vs)
+
+    def model_fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return sampling.v_to_x0(next(calls), x, sigma)
+
+    return vs, model_fn
+
+
+def test_sample_euler_matches_diffusers_scheduler() -> None:
     from diffusers import EulerDiscreteScheduler
 
     sch = EulerDiscreteScheduler.from_config(SVD_XT_SCHEDULER)
@@ -83,12 +94,13 @@ def test_euler_step_matches_diffusers_scheduler() -> None:
     s = sampling.karras_schedule(5, SVD_XT_SCHEDULER)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, 3, 4, 8, 8, generator=gen) * s.init_noise_sigma
-    ours = x.clone()
+    vs, model_fn = _v_model(gen, 5, tuple(x.shape))
+    seen: list[torch.Tensor] = []
+    ours = sampling.sample_euler(model_fn, x.clone(), s.sigmas, callback=lambda i, xi, sg, d: seen.append(xi))
     for i, t in enumerate(sch.timesteps):
-        v = torch.randn(x.shape, generator=gen)
-        x = sch.step(v, t, x, return_dict=False)[0]
-        ours = sampling.euler_step(ours, v, s.sigmas[i], s.sigmas[i + 1])
-        torch.testing.assert_close(ours, x, rtol=1e-5, atol=1e-5)
+        x = sch.step(vs[i], t, x, return_dict=False)[0]
+        torch.testing.assert_close(seen[i], x, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours, x, rtol=1e-5, atol=1e-5)
 
 
 def test_ddim_schedule_uses_ddim_timesteps_and_ends_clean() -> None:
@@ -102,10 +114,13 @@ def test_ddim_schedule_uses_ddim_timesteps_and_ends_clean() -> None:
     assert s.sigmas[-1] == 0 and torch.all(s.sigmas[:-1] > s.sigmas[1:])
 
 
-def test_ddim_step_equals_euler_in_this_parametrisation() -> None:
-    x, v = torch.randn(2, 4, 8), torch.randn(2, 4, 8)
-    sigma, nxt = torch.tensor(3.0), torch.tensor(1.5)
-    torch.testing.assert_close(sampling.ddim_step(x, v, sigma, nxt), sampling.euler_step(x, v, sigma, nxt))
+def test_sample_ddim_equals_euler_in_this_parametrisation() -> None:
+    gen = torch.Generator().manual_seed(1)
+    sigmas = torch.tensor([3.0, 1.5, 0.4, 0.0])
+    x = torch.randn(2, 4, 8, generator=gen)
+    _, fn_a = _v_model(torch.Generator().manual_seed(2), 3, (2, 4, 8))
+    _, fn_b = _v_model(torch.Generator().manual_seed(2), 3, (2, 4, 8))
+    torch.testing.assert_close(sampling.sample_ddim(fn_a, x, sigmas), sampling.sample_euler(fn_b, x, sigmas))
 
 
 def test_unknown_sampler_is_rejected() -> None:

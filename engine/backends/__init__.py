@@ -17,7 +17,7 @@ __all__ = ["BACKENDS", "Backend", "BackendError", "GraphRunner", "create_backend
 
 
 def torch_specs(model: Any, size: int, window: int, time_context: str) -> dict:
-    from export.graphs import GraphOptions, build_specs
+    from engine.graphs import GraphOptions, build_specs
 
     return build_specs(model, GraphOptions(image_size=size, window=window, time_context=time_context))
 

@@ -1,7 +1,8 @@
 """Finding a built graph in an engines folder, checked before anything is loaded.
 
 The build cache (export/cache.py) writes ``<engines>/<graph>/<kind>/`` with a meta.json that
-holds the file hashes, the model config and the graph options. Here an artifact is accepted
+holds the file hashes, the model config and the graph options (read with engine/artifact_store.py,
+which has no export dependency). Here an artifact is accepted
 only if every file matches its recorded size and hash, its spec is the one this code would
 build from the recorded config (else the specs changed since: rebuild), and it was built for
 the model, resolution, window size and time-context layout the pipeline runs.
@@ -14,11 +15,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from engine.artifact_store import ArtifactReader
 from engine.backends.base import BackendError
 from engine.config import ModelConfig
-from export.cache import ArtifactStore
-from export.graphs import GraphOptions, build_specs
-from export.spec import GraphSpec
+from engine.graph_spec import GraphSpec
+from engine.graphs import GraphOptions, build_specs
 
 REBUILD = "python -m engine.build --preset ... --target {target} --out {engines}"
 
@@ -47,7 +48,7 @@ def spec_from_meta(meta: Mapping[str, Any]) -> GraphSpec:
 
 def open_artifact(engines: Path, graph: str, kinds: Sequence[str], target: str, verify: bool = True) -> Artifact:
     """The first usable artifact of ``kinds`` for ``graph``; one clear error when none is."""
-    store = ArtifactStore(engines)
+    store = ArtifactReader(engines)
     reasons = []
     for kind in kinds:
         found = store.verify(graph, kind, hash_files=verify)

@@ -17,8 +17,8 @@ import torch
 
 from engine.backends.artifacts import check_expected, open_artifact
 from engine.backends.base import Backend, BackendError, GraphRunner, Tensors, check_names
-from export.graphs import GRAPH_NAMES
-from export.spec import GraphSpec
+from engine.graph_spec import GraphSpec
+from engine.graphs import GRAPH_NAMES
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 _NP = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64}

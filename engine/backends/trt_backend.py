@@ -23,9 +23,15 @@ import torch
 
 from engine.backends.artifacts import check_expected, open_artifact
 from engine.backends.base import Backend, BackendError, GraphRunner, Tensors, check_names
-from export.graphs import GRAPH_NAMES
-from export.spec import GraphSpec
-from export.trt_build import TensorRTUnavailable, engine_precision, needs_plugin, register_plugin, require_tensorrt
+from engine.backends.trt_runtime import (
+    TensorRTUnavailable,
+    engine_precision,
+    needs_plugin,
+    register_plugin,
+    require_tensorrt,
+)
+from engine.graph_spec import GraphSpec
+from engine.graphs import GRAPH_NAMES
 
 
 def require_cudart() -> Any:

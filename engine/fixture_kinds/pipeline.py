@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from engine import conditioning, presets, sampling, weights
+from engine.backends import Backend, create_backend
 from engine.config import ModelConfig, RunConfig, SamplerConfig, WindowConfig
 from engine.fixture_kinds import TensorCheck, read_config, read_tensors
 from engine.networks import Networks, build_networks
-from engine.pipeline import Noise, ReenactPipeline
+from engine.runtime import ExactRun, Noise
+from engine.stages import Stages
 
 MODULE_TOL = 1e-5  # conditioning tensors are single-module outputs
 PIPELINE_TOL = 1e-4
@@ -74,48 +77,31 @@ def load_fixture_networks(fixture_dir: Path, model: ModelConfig, time_context: s
     return nets
 
 
-def onnxruntime_factory(engines: Path, fixture_dir: Path, window_batch: int = 1, quiet: bool = True):
-    """``pipeline_factory`` that exports the fixture networks' graphs into ``engines`` (cached) and
-    runs the pipeline on onnxruntime; builds with a failing graph stop before the run."""
-    from engine.backends.ort_backend import OrtBackend
-    from export.build import BuildConfig, Builder, summary
-    from export.graphs import GraphOptions
-    from export.sources import from_networks
-
-    def factory(nets: Networks, run_cfg: RunConfig) -> ReenactPipeline:
-        tc = run_cfg.sampler.time_context
-        where = {"kind": "fixture", "dir": str(fixture_dir), "time_context": tc}
-        source = from_networks(nets, run_cfg.model, tc, where)
-        opts = GraphOptions(image_size=run_cfg.size, window=run_cfg.windows.size, max_windows=max(4, window_batch),
-                            opt_windows=window_batch, time_context=tc)
-        report = Builder(source, opts, engines, BuildConfig(quiet=quiet)).run()
-        if report["failed"]:
-            raise RuntimeError(f"exported graphs failed their parity check:\n{summary(report)}")
-        expect = {"model": run_cfg.model, "time_context": tc, "image_size": run_cfg.size,
-                  "window": run_cfg.windows.size}
-        return ReenactPipeline(OrtBackend(engines, expect=expect, device="cpu"), run_cfg)
-
-    return factory
+def torch_backend(nets: Networks, run_cfg: RunConfig) -> Backend:
+    return create_backend("torch", run_cfg, nets=nets)
 
 
 def reproduce(
-    fixture_dir: Path, time_context: str = "release", window_batch: int = 1, pipeline_factory=None
+    fixture_dir: Path, time_context: str = "release", window_batch: int = 1,
+    backend_factory: Callable[[Networks, RunConfig], Backend] | None = None,
 ) -> list[TensorCheck]:
-    """Run the pipeline on the fixture's inputs and injected noise; compare every recorded tensor.
+    """Run exact mode on the fixture's inputs and injected noise; compare every recorded tensor.
 
-    ``pipeline_factory(nets, run_cfg) -> ReenactPipeline`` lets another backend run the same check.
+    ``backend_factory(nets, run_cfg) -> Backend`` lets another backend run the same check.
     """
     cfg = read_config(fixture_dir, "pipeline")
     ref = read_tensors(fixture_dir, "pipeline_io.safetensors")
     model = model_config(cfg)
     run_cfg = run_config(cfg, model, time_context, window_batch)
     nets = load_fixture_networks(fixture_dir, model, time_context)
-    pipe = (pipeline_factory or ReenactPipeline)(nets, run_cfg)
+    stages = Stages.build((backend_factory or torch_backend)(nets, run_cfg), run_cfg)
 
     source_u8, driving_u8 = ref["source_u8"].numpy(), ref["driving_u8"].numpy()
     noise = Noise(aug=ref["noise_aug_noise"], initial=ref["initial_noise"])
     record: dict[str, torch.Tensor] = {}
-    out = pipe(source_u8, driving_u8, noise=noise, record=record)
+    source = stages.source.prepare(source_u8)
+    for _ in ExactRun(stages, run_cfg, source, iter(driving_u8), noise, record=record).frames():
+        pass
 
     # Conditioning and schedule tensors the run used, recomputed with the same functions.
     reference = conditioning.reference_image_u8(source_u8)
@@ -133,14 +119,13 @@ def reproduce(
         "sigmas": (schedule.sigmas, MODULE_TOL),
         "timesteps": (schedule.timesteps, MODULE_TOL),
         "init_noise_sigma": (schedule.init_noise_sigma, MODULE_TOL),
-        "initial_latents": (pipe.initial_latents(noise, num_frames, schedule), MODULE_TOL),
+        "initial_latents": (noise.initial_latents(range(num_frames), schedule)[None], MODULE_TOL),
         "image_embeddings_cfg": (record["image_embeddings_cfg"], MODULE_TOL),
         "image_latents_cfg": (record["image_latents_cfg"], MODULE_TOL),
         "added_time_ids": (record["added_time_ids"], 0.0),
         "clip_image_embeds": (record["clip_image_embeds"], MODULE_TOL),
         "vae_latent_mean": (record["vae_latent_mean"], MODULE_TOL),
         "decoder_input": (1 / nets.vae.config.scaling_factor * record["final_latents"][0], PIPELINE_TOL),
-        "frames": (out.frames_float[None], PIPELINE_TOL),
     }
     for name, tensor in record.items():
         if name not in ours:

@@ -159,7 +159,8 @@ def probe_video(path: str | Path) -> VideoInfo:
         )
 
 
-def _fit_square(rgb: np.ndarray, size: int) -> np.ndarray:
+def fit_square(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Centre-crop an RGB frame to a square and resize it as the release does (cv2 bilinear)."""
     height, width = rgb.shape[:2]
     left, top, right, bottom = square_crop_box(width, height)
     square = rgb[top:bottom, left:right]
@@ -194,7 +195,7 @@ def _decode(
             quarter_turns = round(frame.rotation / 90) % 4
             if quarter_turns:
                 rgb = np.rot90(rgb, quarter_turns)
-            yield _fit_square(rgb, size), (rgb.shape[1], rgb.shape[0])
+            yield fit_square(rgb, size), (rgb.shape[1], rgb.shape[0])
             count += 1
             if max_frames is not None and count >= max_frames:
                 return

@@ -43,6 +43,14 @@ FRVD_API int frvd_kernels_abi_version(void);
 /* 1 when the CUDA kernel was compiled into this library, else 0. */
 FRVD_API int frvd_kernels_has_cuda(void);
 
+/* Whether the CUDA kernel can launch here: FRVD_OK when a device is present and the driver
+ * supports the CUDA runtime the library was built with, FRVD_ERR_CUDA otherwise,
+ * FRVD_ERR_NO_CUDA without CUDA objects. `runtime_version` / `driver_version` receive
+ * cudaRuntimeGetVersion / cudaDriverGetVersion (1000 * major + 10 * minor; 0 = no driver),
+ * `device_count` the visible devices. Any pointer may be NULL. Added without an ABI bump:
+ * callers look the symbol up and treat its absence as "unknown". */
+FRVD_API int frvd_cuda_check(int* runtime_version, int* driver_version, int* device_count);
+
 /* Human-readable text for a status code (static storage, never NULL). */
 FRVD_API const char* frvd_status_string(int status);
 

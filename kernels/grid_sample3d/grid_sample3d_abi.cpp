@@ -45,6 +45,17 @@ int frvd_kernels_has_cuda(void) {
 #endif
 }
 
+int frvd_cuda_check(int* runtime_version, int* driver_version, int* device_count) {
+#if defined(FRVD_WITH_CUDA)
+  return frvd::cuda_check(runtime_version, driver_version, device_count);
+#else
+  if (runtime_version != nullptr) *runtime_version = 0;
+  if (driver_version != nullptr) *driver_version = 0;
+  if (device_count != nullptr) *device_count = 0;
+  return FRVD_ERR_NO_CUDA;
+#endif
+}
+
 const char* frvd_status_string(int status) {
   switch (status) {
     case FRVD_OK:
@@ -62,7 +73,8 @@ const char* frvd_status_string(int status) {
     case FRVD_ERR_NO_CUDA:
       return "libfrvd_kernels was built without CUDA";
     case FRVD_ERR_CUDA:
-      return "CUDA launch failed";
+      return "CUDA launch failed (no device, a driver older than the CUDA runtime the library was "
+             "built with, or a bad stream)";
     default:
       return "unknown status";
   }

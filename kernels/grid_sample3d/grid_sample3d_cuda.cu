@@ -122,4 +122,20 @@ int grid_sample3d_cuda(const void* input, const void* grid, void* output, const 
   return launch<float>(input, grid, output, s, opt, st);
 }
 
+int cuda_check(int* runtime_version, int* driver_version, int* device_count) {
+  // A driver older than the toolkit this was compiled with (CUDA 13 needs >= 580) makes
+  // every launch fail with cudaErrorInsufficientDriver; detect it before the first launch.
+  int runtime = 0, driver = 0, devices = 0;
+  cudaRuntimeGetVersion(&runtime);
+  const cudaError_t driver_status = cudaDriverGetVersion(&driver);
+  const cudaError_t count_status = cudaGetDeviceCount(&devices);
+  cudaGetLastError();  // clear the sticky-free error the failed queries may have left
+  if (runtime_version != nullptr) *runtime_version = runtime;
+  if (driver_version != nullptr) *driver_version = driver;
+  if (device_count != nullptr) *device_count = count_status == cudaSuccess ? devices : 0;
+  const bool ok = driver_status == cudaSuccess && count_status == cudaSuccess && devices > 0 &&
+                  driver >= runtime;
+  return ok ? FRVD_OK : FRVD_ERR_CUDA;
+}
+
 }  // namespace frvd

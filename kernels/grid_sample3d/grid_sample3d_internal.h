@@ -30,6 +30,7 @@ void grid_sample3d_cpu(const float* input, const float* grid, float* output, con
 // Enqueues the kernel on `stream`; returns an frvd_status code.
 int grid_sample3d_cuda(const void* input, const void* grid, void* output, const Shape5D& s,
                        const SampleOptions& opt, int dtype, void* stream);
+int cuda_check(int* runtime_version, int* driver_version, int* device_count);
 #endif
 
 }  // namespace frvd

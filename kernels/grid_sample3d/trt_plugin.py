@@ -55,12 +55,15 @@ class GridSampleAttrs:
 
 
 def _text(value: Any) -> str:
-    # The ONNX parser hands string attributes over as bytes (or a uint8 array).
+    # The ONNX parser hands string attributes over as bytes, a uint8 array or str, with a
+    # trailing NUL in some onnx-tensorrt versions (onnx/onnx-tensorrt#921): cut at the first NUL.
     if isinstance(value, bytes | bytearray):
-        return value.decode().rstrip("\x00")
-    if hasattr(value, "tobytes"):
-        return value.tobytes().decode().rstrip("\x00")
-    return str(value)
+        text = bytes(value).decode()
+    elif hasattr(value, "tobytes"):
+        text = value.tobytes().decode()
+    else:
+        text = str(value)
+    return text.split("\x00", 1)[0]
 
 
 def parse_attributes(mode: Any, padding_mode: Any, align_corners: Any) -> GridSampleAttrs:
@@ -149,12 +152,25 @@ def _enqueue(inp: Any, grid: Any, out: Any, attrs: GridSampleAttrs, stream: int)
 _registered = False
 
 
+def _already_in_registry(trt: Any) -> bool:
+    """Whether TensorRT's registry already holds frvd::GridSample3D (registered by another copy of
+    this module, e.g. one loaded from its file path and one imported as a package)."""
+    try:
+        registry = trt.get_plugin_registry()
+        return registry.get_creator(PLUGIN_NAME, "1", PLUGIN_NAMESPACE) is not None
+    except Exception:  # older/other registries: fall back on this module's own flag
+        return False
+
+
 def register() -> None:
     """Register frvd::GridSample3D with TensorRT's plugin registry (idempotent)."""
     global _registered
     if _registered:
         return
-    _, trtp = _import_tensorrt()
+    trt, trtp = _import_tensorrt()
+    if _already_in_registry(trt):
+        _registered = True
+        return
 
     @trtp.register(PLUGIN_ID)
     def _describe(

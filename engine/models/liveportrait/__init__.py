@@ -2,17 +2,15 @@
 
 from engine.models.liveportrait.appearance import AppearanceFeatureExtractor
 from engine.models.liveportrait.motion import MotionExtractor
-from engine.models.liveportrait.motion_branch import MotionBranch, MotionBranchResult, SourceMotion
+from engine.models.liveportrait.motion_branch import MotionBranch
 from engine.models.liveportrait.spade_trunk import SPADETrunk
 from engine.models.liveportrait.warping import WarpingNetwork, WarpOutput
 
 __all__ = [
     "AppearanceFeatureExtractor",
     "MotionBranch",
-    "MotionBranchResult",
     "MotionExtractor",
     "SPADETrunk",
-    "SourceMotion",
     "WarpOutput",
     "WarpingNetwork",
 ]

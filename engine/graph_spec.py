@@ -1,4 +1,4 @@
-"""Export specs: everything one exported graph promises, as data.
+"""Graph specs: everything one graph promises (to the backends and to the exporter), as data.
 
 A ``GraphSpec`` names the graph's tensors (inputs and outputs, with dtypes and symbolic dims),
 the ranges of its dynamic dims (which give both the exporter's ``dynamic_shapes`` and the

@@ -28,10 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.config import ModelConfig
+from engine.graph_spec import Dim, GraphSpec, TensorSpec, random_tensor
+from engine.models.liveportrait.motion_branch import INPUT_SIZE as LP_INPUT  # LivePortrait always runs at 256x256
 from engine.motion import refine_kp_info
-from export.spec import Dim, GraphSpec, TensorSpec, random_tensor
 
-LP_INPUT = 256  # LivePortrait always runs at 256x256
 GRAPH_NAMES = ("appearance", "motion", "warp", "denoiser", "vae_encoder", "vae_decoder", "image_encoder")
 GRID_SAMPLE_FORMS = ("onnx20", "custom", "decomposed")
 
@@ -117,7 +117,7 @@ class DenoiserGraph(nn.Module):
     def forward(
         self,
         sample: torch.Tensor,  # [2W, T, 8, h, w]
-        timestep: torch.Tensor,  # [1]
+        timestep: torch.Tensor,  # [2W]: one per row, so windows at different noise levels share a call
         encoder_hidden_states: torch.Tensor,  # [2W, 1, D]
         added_time_ids: torch.Tensor,  # [2W, 3]
         head_latents: torch.Tensor,  # [2W, T, c0, h, w]
@@ -196,7 +196,8 @@ def _denoiser_sample(spec: GraphSpec, values: Mapping[str, int], gen: torch.Gene
     sample[:, :, channels:] = cond_only(sample[:, :, channels:])  # image latents: zeros in the uncond half
     return {
         "sample": sample,
-        "timestep": torch.tensor([0.7]),
+        # one timestep per row; pairs differ so the graph is checked with mixed noise levels
+        "timestep": torch.tensor([0.7, 0.7, -0.4, -0.4] * batch)[:batch],
         "encoder_hidden_states": cond_only(torch.randn(shapes["encoder_hidden_states"], generator=gen)),
         "added_time_ids": torch.tensor([[6.0, 127.0, 0.02]]).repeat(batch, 1),
         "head_latents": cond_only(torch.randn(shapes["head_latents"], generator=gen) * 0.5),
@@ -296,7 +297,7 @@ def build_specs(model: ModelConfig, opts: GraphOptions) -> dict[str, GraphSpec]:
             "one call denoises a batch of windows with both CFG halves",
             inputs=(
                 TensorSpec("sample", ("2*windows", window, int(unet["in_channels"]), latent, latent)),
-                TensorSpec("timestep", (1,)),
+                TensorSpec("timestep", ("2*windows",)),
                 TensorSpec("encoder_hidden_states", ("2*windows", 1, int(cross))),
                 TensorSpec("added_time_ids", ("2*windows", 3)),
                 TensorSpec("head_latents", ("2*windows", window, c0, latent, latent)),

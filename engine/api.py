@@ -1,0 +1,392 @@
+"""The session API: one engine, cached sources, offline renders and live streams.
+
+    from engine import Reenactor
+    r = Reenactor.from_preset("tiny")
+    src = r.set_source("face.png")
+    r.render(src, "drive.mp4", out="out.mp4")
+    with r.stream(src) as s:
+        s.push(frame); s.ready(); s.end(); s.results()
+
+Thread-safety rule: a Reenactor runs one thing at a time. ``set_source``, ``render`` and ``stream``
+take the engine's lock (a stream holds it until it is closed); a call from another thread waits for
+it. Within a stream, ``push``/``end`` may be called from one thread while another reads ``results``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine import networks, presets
+from engine.backends import BACKENDS, Backend, create_backend
+from engine.config import RunConfig, WindowConfig
+from engine.errors import EngineError, InputError
+from engine.io import check_output_path, fit_square, iter_video_frames, load_image, probe_video, write_video
+from engine.io.image import side_by_side
+from engine.runtime import ExactRun, Noise, RunControl, StageTimer, StreamFrame, StreamRunner
+from engine.runtime.control import prefetch
+from engine.runtime.stream import StreamError
+from engine.stages import SourceFeatures, Stages
+
+SOURCE_CACHE = 8  # source images whose features are kept per engine
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """What an engine is built with (fixed for its lifetime)."""
+
+    size: int | None = None  # output side in pixels, a multiple of 64 (None: the preset's)
+    device: str = "cpu"
+    dtype: str = "float32"  # of the diffusion networks; LivePortrait always runs in float32
+    backend: str = "torch"  # torch | onnxruntime | tensorrt
+    engines: Path | None = None  # folder written by ``python -m engine.build`` (non-torch backends)
+    time_context: str = "release"  # release (diffusers 0.27.2 layout) | fixed (diffusers PR #7268)
+    window_batch: int = 1  # windows (each with its CFG pair) per denoiser call
+    init_seed: int = 0  # seeded weights of presets without a checkpoint (tiny)
+
+    def check(self) -> None:
+        if self.size is not None and (self.size < 64 or self.size % 64):
+            raise InputError(f"size {self.size} is not a multiple of 64 (the UNet halves latents three times)")
+        if self.dtype not in DTYPES:
+            raise InputError(f"dtype {self.dtype!r} is not one of {DTYPES}")
+        if self.backend not in BACKENDS:
+            raise InputError(f"backend {self.backend!r} is not one of {BACKENDS}")
+        if self.backend != "torch" and self.engines is None:
+            raise InputError(f"backend {self.backend} needs engines=DIR (built with python -m engine.build)")
+        if self.window_batch < 1:
+            raise InputError("window_batch must be >= 1")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """One render's or stream's choices. None means the engine's default (the release's)."""
+
+    steps: int | None = None  # denoising steps (release: 25)
+    guidance: float | None = None  # CFG scale (release: 2.5)
+    sampler: str | None = None  # euler (release) | ddim
+    seed: int = 0  # the run's noise draws
+    relative_motion: bool = True  # False: self-reenactment (absolute driving motion)
+
+    def check(self) -> None:
+        if self.steps is not None and self.steps < 1:
+            raise InputError("steps must be >= 1")
+        if self.guidance is not None and not np.isfinite(self.guidance):
+            raise InputError(f"guidance must be a finite number, got {self.guidance}")
+        if self.sampler not in (None, "euler", "ddim"):
+            raise InputError(f"sampler {self.sampler!r} is not one of euler, ddim")
+        if not 0 <= self.seed < 2**63:
+            raise InputError(f"seed must be in [0, 2^63), got {self.seed}")
+
+
+@dataclass(frozen=True)
+class SourceHandle:
+    """A source image whose features are computed; pass it to any number of runs."""
+
+    key: str  # content hash
+    image: np.ndarray  # [size, size, 3] uint8
+    features: SourceFeatures
+
+
+@dataclass
+class RenderResult:
+    num_frames: int
+    fps: float
+    out: Path | None  # the written video, or None when frames are returned
+    frames: np.ndarray | None  # [F, H, W, 3] uint8 when no ``out`` was given
+    seconds: dict[str, float] = field(default_factory=dict)  # per stage and "total"
+
+
+class Reenactor:
+    """One engine (networks on a backend) and its cached sources. Build with ``from_preset`` /
+    ``from_pretrained``; release with ``close()`` or a ``with`` block."""
+
+    def __init__(self, backend: Backend, cfg: RunConfig, preset: str) -> None:
+        self.backend, self.cfg, self.preset = backend, cfg, preset
+        self.stages = Stages.build(backend, cfg)
+        self._sources: OrderedDict[str, SourceHandle] = OrderedDict()
+        self._lock = threading.RLock()
+
+    # -- construction -----------------------------------------------------------------------
+    @classmethod
+    def from_preset(cls, preset: str = "tiny", options: EngineOptions | None = None,
+                    weights: str | Path | None = None) -> Reenactor:
+        """``tiny`` (seeded, embedded) or ``official`` (needs ``weights``: the release's pretrained_weights/)."""
+        opts = options or EngineOptions()
+        opts.check()
+        if preset not in presets.PRESETS:
+            raise InputError(f"unknown preset {preset!r}; choose one of {sorted(presets.PRESETS)}")
+        weights_dir = Path(weights) if weights is not None else None
+        if preset == "official" and weights_dir is None:
+            raise InputError("the official preset needs weights=DIR (the release's pretrained_weights/ folder)")
+        if opts.backend == "torch":
+            model, sampler, nets = networks.load_preset(preset, weights_dir, opts.init_seed, opts.time_context)
+            nets.to(opts.device, getattr(torch, opts.dtype))
+        else:
+            model, sampler = networks.preset_configs(preset, weights_dir)
+            nets = None
+        cfg = RunConfig(
+            model=model,
+            sampler=replace(sampler, time_context=opts.time_context),
+            windows=WindowConfig(batch=opts.window_batch),
+            size=opts.size or model.image_size,
+            dtype=opts.dtype,
+            device=opts.device,
+        )
+        backend = create_backend(opts.backend, cfg, nets=nets, engines=opts.engines)
+        return cls(backend, cfg, preset)
+
+    @classmethod
+    def from_pretrained(cls, weights: str | Path, options: EngineOptions | None = None,
+                        preset: str = "official") -> Reenactor:
+        return cls.from_preset(preset, options, weights=weights)
+
+    def close(self) -> None:
+        """Drop cached sources and the backend's resources."""
+        with self._lock:
+            self._sources.clear()
+            close = getattr(self.backend, "close", None)
+            if close is not None:
+                close()
+
+    def __enter__(self) -> Reenactor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def size(self) -> int:
+        return self.cfg.size
+
+    # -- sources ------------------------------------------------------------------------------
+    def set_source(self, image: str | Path | np.ndarray) -> SourceHandle:
+        """A path (any image PIL reads) or an RGB uint8 array -> a cached handle."""
+        if isinstance(image, np.ndarray):
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                raise InputError(f"a source array must be uint8 [H, W, 3] RGB, got {image.dtype} {image.shape}")
+            pixels = fit_square(image, self.size)
+        else:
+            pixels = load_image(image, self.size)
+        key = hashlib.sha256(pixels.tobytes()).hexdigest()[:16]
+        with self._lock:
+            if key in self._sources:
+                self._sources.move_to_end(key)
+                return self._sources[key]
+            handle = SourceHandle(key, pixels, self.stages.source.prepare(pixels))
+            self._sources[key] = handle
+            while len(self._sources) > SOURCE_CACHE:
+                self._sources.popitem(last=False)
+            return handle
+
+    def _source(self, source: SourceHandle | str | Path | np.ndarray) -> SourceHandle:
+        return source if isinstance(source, SourceHandle) else self.set_source(source)
+
+    def run_config(self, options: RunOptions) -> RunConfig:
+        options.check()
+        s = self.cfg.sampler
+        guidance = s.max_guidance if options.guidance is None else float(options.guidance)
+        sampler = replace(s, steps=options.steps or s.steps, sampler=options.sampler or s.sampler,
+                          min_guidance=guidance, max_guidance=guidance)
+        return replace(self.cfg, sampler=sampler, seed=options.seed, relative_motion=options.relative_motion)
+
+    def _noise(self, cfg: RunConfig) -> Noise:
+        return Noise.draw(cfg.seed, cfg.size, cfg.windows.size)
+
+    # -- offline ------------------------------------------------------------------------------
+    def render(self, source: SourceHandle | str | Path | np.ndarray,
+               driving: str | Path | np.ndarray | Iterable[np.ndarray], out: str | Path | None = None, *,
+               options: RunOptions | None = None, control: RunControl | None = None,
+               max_frames: int | None = None, fps: float | Fraction | None = None,
+               side_by_side_with_inputs: bool = False) -> RenderResult:
+        """Exact mode over a whole clip. ``driving``: a video path, a uint8 [F, H, W, 3] array or an
+        iterable of frames. With ``out`` the video (and ``out.json``, the resolved configuration)
+        appear together or not at all; without, the frames are returned."""
+        start = time.perf_counter()
+        cfg = self.run_config(options or RunOptions())
+        control = control or RunControl()
+        path = check_output_path(out) if out is not None else None
+        frames, rate, audio = self._driving(driving, max_frames, fps)
+        with self._lock:
+            handle = self._source(source)
+            timer = StageTimer(self.backend.device)
+            run = ExactRun(self.stages, cfg, handle.features, frames(), self._noise(cfg), control, timer,
+                           relative=cfg.relative_motion)
+            produced = prefetch(run.frames(), control, depth=2 * self.stages.decode.per_call)
+            if side_by_side_with_inputs:
+                produced = (side_by_side(handle.image[None], d[None], f[None])[0]
+                            for d, f in zip(frames(), produced, strict=False))
+            if path is None:
+                result = np.stack(list(produced))
+            else:
+                _write_with_sidecar(path, produced, rate, audio, cfg, timer)
+                result = None
+        seconds = dict(timer.seconds, total=time.perf_counter() - start)
+        return RenderResult(run.num_frames, float(rate), path, result, seconds)
+
+    def _driving(self, driving: Any, max_frames: int | None, fps: float | Fraction | None):
+        """-> (a function returning a fresh frame iterator, frame rate, audio source or None)."""
+        if max_frames is not None and max_frames < 1:
+            raise InputError(f"max_frames must be >= 1, got {max_frames}")
+        if isinstance(driving, str | Path):
+            info = probe_video(driving)
+            return (lambda: iter_video_frames(driving, self.size, max_frames),
+                    info.rate, Path(driving) if info.has_audio else None)
+        rate = Fraction(fps).limit_denominator(10_000) if fps is not None else Fraction(25)
+        if isinstance(driving, np.ndarray):
+            if driving.dtype != np.uint8 or driving.ndim != 4 or driving.shape[-1] != 3:
+                raise InputError(f"driving frames must be uint8 [F, H, W, 3], got {driving.dtype} {driving.shape}")
+            clip = driving[:max_frames]
+            return (lambda: (fit_square(f, self.size) for f in clip)), rate, None
+        items = list(driving)[:max_frames]  # an iterable can be read once: keep it for side-by-side
+        return (lambda: (fit_square(np.asarray(f), self.size) for f in items)), rate, None
+
+    # -- live ----------------------------------------------------------------------------------
+    def stream(self, source: SourceHandle | str | Path | np.ndarray, options: RunOptions | None = None,
+               control: RunControl | None = None, queue_frames: int = 32) -> ReenactStream:
+        """A causal stream: push driving frames, read finished frames (see ``ReenactStream``)."""
+        cfg = self.run_config(options or RunOptions())
+        handle = self._source(source)
+        self._lock.acquire()
+        try:
+            runner = StreamRunner(self.stages, cfg, handle.features, self._noise(cfg), cfg.relative_motion,
+                                  control, queue_frames)
+        except BaseException:
+            self._lock.release()
+            raise
+        return ReenactStream(runner, self.size, self._lock)
+
+
+class ReenactStream:
+    """Live reenactment. ``push`` blocks while the input queue is full (backpressure); a caller on a
+    single thread must read ``ready()`` between pushes, or ``push`` reports a stalled stream instead
+    of blocking forever. ``lookahead``: driving frames needed after an output frame before it is
+    emitted (worst case, frame 0); ``steady_lookahead``: the same after the first window."""
+
+    def __init__(self, runner: StreamRunner, size: int, lock: threading.RLock) -> None:
+        self.runner, self.size, self._lock = runner, size, lock
+        self.lookahead = runner.plan.lookahead
+        self.steady_lookahead = runner.plan.steady_lookahead
+        self.pushed = 0
+        self._ended = self._closed = self._finished = False
+
+    def push(self, frame: np.ndarray, timestamp: float | None = None, timeout: float | None = None) -> None:
+        """One RGB uint8 [H, W, 3] driving frame (centre-cropped and resized to the engine's size)."""
+        if self._ended or self._closed:
+            raise StreamError("push after end() or close()")
+        frame = np.asarray(frame)
+        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+            raise InputError(f"a driving frame must be uint8 [H, W, 3] RGB, got {frame.dtype} {frame.shape}")
+        self.runner.push(self.pushed, fit_square(frame, self.size), timestamp, timeout)
+        self.pushed += 1
+
+    def end(self) -> None:
+        """No more driving frames: the rest is flushed (the last window ends at the last frame)."""
+        if not self._ended:
+            self._ended = True
+            self.runner.end()
+
+    def ready(self) -> list[StreamFrame]:
+        """Every frame finished so far, without blocking."""
+        out = []
+        while not self._finished:
+            try:
+                item = self.runner.outputs.get_nowait()
+            except Exception:  # queue.Empty
+                break
+            if self._take(item, out):
+                break
+        self.runner.raise_error()
+        return out
+
+    def results(self) -> Iterator[StreamFrame]:
+        """Blocks for each next frame; ends after the last one (call ``end()`` first, or from another thread)."""
+        while not self._finished:
+            item = self.runner.get(self.runner.outputs) if not self.runner.error else None
+            out: list[StreamFrame] = []
+            if item is None or self._take(item, out):
+                self.runner.raise_error()
+                return
+            yield from out
+        self.runner.raise_error()
+
+    def _take(self, item: object, out: list[StreamFrame]) -> bool:
+        if isinstance(item, StreamFrame):
+            out.append(item)
+            return False
+        self._finished = True  # the end marker
+        return True
+
+    def stage_seconds(self) -> dict[str, float]:
+        return dict(self.runner.timer.seconds)
+
+    def state_sizes(self) -> dict[str, int]:
+        return self.runner.state_sizes()
+
+    @property
+    def windows_done(self) -> int:
+        return self.runner.windows_done
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.runner.stop()
+        finally:
+            self._lock.release()
+
+    def __enter__(self) -> ReenactStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _write_with_sidecar(path: Path, frames: Iterator[np.ndarray], rate: Fraction, audio: Path | None,
+                        cfg: RunConfig, timer: StageTimer) -> None:
+    """The video and its ``.json`` sidecar appear together or not at all."""
+    sidecar = path.with_suffix(".json")
+    if sidecar.is_dir():
+        raise InputError(f"'{sidecar}' is a directory; the run's configuration is written there: choose another --out")
+    tmp = sidecar.with_name(f".{sidecar.name}.partial")
+    waited = 0.0
+
+    def timed() -> Iterator[np.ndarray]:  # time spent waiting for frames is not the writer's
+        nonlocal waited
+        while True:
+            t0 = time.perf_counter()
+            frame = next(frames, None)
+            waited += time.perf_counter() - t0
+            if frame is None:
+                return
+            yield frame
+
+    try:
+        tmp.write_text(json.dumps(asdict(cfg), indent=2, sort_keys=True, default=str))
+        t0 = time.perf_counter()
+        write_video(path, timed(), rate, audio_from=audio)
+        timer.seconds["write"] = time.perf_counter() - t0 - waited
+        try:
+            os.replace(tmp, sidecar)
+        except OSError:
+            path.unlink(missing_ok=True)
+            raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+__all__ = ["EngineError", "EngineOptions", "ReenactStream", "Reenactor", "RenderResult", "RunControl",
+           "RunOptions", "SourceHandle", "StreamFrame"]

@@ -1,0 +1,109 @@
+"""TensorRT helpers shared by the runtime (trt_backend) and the engine builder (export.trt_build).
+
+Everything here is plain data or a lazy import: TensorRT is optional, and importing this module
+never imports it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+from engine.errors import EngineError
+from engine.graph_spec import GraphSpec
+
+REPO = Path(__file__).resolve().parents[2]
+INSTALL_HINT = (
+    "TensorRT is not installed: --target trt / --backend tensorrt need the tensorrt and cuda-python "
+    "packages and an NVIDIA GPU (pip install 'frvd-engine[trt]'); --target onnx and "
+    "--backend onnxruntime work without them"
+)
+PLUGIN_MODULE = "kernels.grid_sample3d.trt_plugin"
+
+
+class TensorRTUnavailable(EngineError):
+    """The tensorrt package cannot be imported."""
+
+
+def require_tensorrt() -> Any:
+    """``import tensorrt``, or one clear error saying what to install."""
+    try:
+        return importlib.import_module("tensorrt")
+    except ImportError:
+        raise TensorRTUnavailable(INSTALL_HINT) from None
+
+
+def engine_precision(spec: GraphSpec, precision: str) -> str:
+    return "fp32" if spec.fp32_only else precision
+
+
+def needs_plugin(spec: GraphSpec) -> bool:
+    return spec.grid_sample == "custom"
+
+
+def register_plugin() -> None:
+    """Register frvd::GridSample3D (kernels/grid_sample3d/trt_plugin.py) with TensorRT (idempotent)."""
+    module = sys.modules.get(PLUGIN_MODULE)  # loaded before, by import or from its file
+    if module is None:
+        try:
+            module = importlib.import_module(PLUGIN_MODULE)
+        except ImportError:  # the repository root is not on sys.path: load the file itself
+            path = REPO / "kernels" / "grid_sample3d" / "trt_plugin.py"
+            spec = importlib.util.spec_from_file_location(PLUGIN_MODULE, path)
+            if spec is None or spec.loader is None:
+                raise EngineError(f"the GridSample3D plugin module {path} is missing") from None
+            module = importlib.util.module_from_spec(spec)
+            # Kept in sys.modules so a second call reuses this module and its "registered" flag:
+            # a fresh copy would register the plugin again, which TensorRT refuses.
+            sys.modules[PLUGIN_MODULE] = module
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                sys.modules.pop(PLUGIN_MODULE, None)
+                raise
+    module.register()
+
+
+# ------------------------------------------------------------------------ TensorRT 10 vs 11
+def tensorrt_major(trt: Any) -> int:
+    """Major version of an imported tensorrt module (``"10.13.0.35"`` -> 10)."""
+    try:
+        return int(str(trt.__version__).split(".")[0])
+    except (AttributeError, ValueError):
+        raise EngineError(f"cannot read the TensorRT version from {getattr(trt, '__version__', None)!r}") from None
+
+
+def strongly_typed(trt: Any) -> bool:
+    """Whether engines are built strongly typed: always from TensorRT 11, which removed the
+    weak-typing flags (``BuilderFlag.FP16``); TensorRT 10 builds weakly typed with the flag."""
+    return tensorrt_major(trt) >= 11 or not hasattr(trt.BuilderFlag, "FP16")
+
+
+def onnx_kind_for_engine(trt: Any, spec: GraphSpec, precision: str) -> str:
+    """Which ONNX artifact an engine is parsed from. Strongly typed networks take their
+    precision from the graph's own tensor types, so an fp16 engine needs the fp16 graph (its
+    sinusoidal tables kept in fp32); TensorRT 10 lowers the fp32 graph under BuilderFlag.FP16."""
+    if engine_precision(spec, precision) == "fp16" and strongly_typed(trt):
+        return "onnx-fp16"
+    return "onnx-fp32"
+
+
+def network_flags(trt: Any) -> int:
+    """``create_network`` flags: STRONGLY_TYPED where engines are strongly typed (required
+    from 10.12 to get that mode, accepted and ignored by 11), else none (explicit batch is the
+    only mode since TensorRT 10)."""
+    if strongly_typed(trt) and hasattr(trt, "NetworkDefinitionCreationFlag"):
+        flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+        if flag is not None:
+            return 1 << int(flag)
+    return 0
+
+
+def builder_flags(trt: Any, spec: GraphSpec, precision: str) -> list[Any]:
+    """BuilderFlags to set: FP16 on TensorRT 10 for an fp16 engine, nothing when strongly typed."""
+    if engine_precision(spec, precision) == "fp16" and not strongly_typed(trt):
+        return [trt.BuilderFlag.FP16]
+    return []

@@ -1,0 +1,303 @@
+"""Causal streaming: driving frames pushed one at a time, finished frames out as soon as they are final.
+
+The release's window shape is kept (frame 0 + 13 frames, stride 8). Window k is denoised as soon as
+driving frames up to its last one have arrived; the frames it shares with window k-1 (and frame 0)
+were already emitted, so their clean latents are held fixed at every step - the model's denoised
+estimate for them is overwritten with the clean latent, which is exactly the release's
+``first_n_frames`` pinning (it overwrites the v-prediction with the one whose denoised estimate is
+that latent) - and only the 8 new frames are generated and emitted. See docs/runtime.md.
+
+Three worker threads overlap the stages (motion ahead, denoise, decode), linked by bounded queues;
+nothing in the state grows with the stream's length.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine import conditioning, sampling
+from engine.config import RunConfig
+from engine.errors import EngineError
+from engine.runtime.common import Noise, guidance_scales, timestep_for
+from engine.runtime.control import RunControl, StageTimer
+from engine.stages import MOTION_CHUNK, SourceFeatures, Stages, WindowInput, to_uint8
+
+_END = object()
+STALL_SECONDS = 2.0  # input and output queues both full this long: the caller is not reading results
+
+
+class StreamError(EngineError):
+    """A stream was used out of order (push after end, results never read, ...)."""
+
+
+@dataclass(frozen=True)
+class StreamFrame:
+    index: int  # output frame index = driving frame index
+    frame: np.ndarray  # [H, W, 3] uint8
+    latency: float  # seconds from the push of driving frame ``index`` to this frame being ready
+    timestamp: float | None = None  # the capture timestamp given to ``push`` for that frame, echoed
+
+
+@dataclass(frozen=True)
+class CausalWindows:
+    """Which frames the next stream window holds, as a pure function of the stream's counters."""
+
+    size: int = 14
+    overlap: int = 6
+
+    @property
+    def stride(self) -> int:
+        return self.size - self.overlap
+
+    @property
+    def lookahead(self) -> int:
+        """Driving frames needed beyond an output frame before it can be emitted (worst case: frame 0)."""
+        return self.size - 1
+
+    @property
+    def steady_lookahead(self) -> int:
+        return self.stride - 1
+
+    def next_window(self, received: int, emitted: int, ended: bool) -> list[int] | None:
+        """Frame indices of the next window (frame 0 first), or None while it cannot run yet.
+
+        The first window is frames 0..size-1; later ones end ``stride`` frames after the last
+        emitted frame, like the release's windows. At the end, the last window ends at the last
+        frame; a clip shorter than a window is padded with its last frame.
+        """
+        if emitted >= received:
+            return None
+        last = (self.size if emitted == 0 else emitted + self.stride) - 1
+        if received <= last:
+            if not ended:
+                return None
+            last = received - 1
+        if last < self.size - 1:  # short clip: one window padded with the last frame
+            return list(range(last + 1)) + [last] * (self.size - 1 - last)
+        return [0, *range(last - self.size + 2, last + 1)]
+
+
+class StreamRunner:
+    """The worker side of a stream: queues in and out, three threads. ``engine.api`` wraps it."""
+
+    def __init__(self, stages: Stages, cfg: RunConfig, source: SourceFeatures, noise: Noise,
+                 relative: bool = True, control: RunControl | None = None, queue_frames: int = 32) -> None:
+        self.stages, self.cfg, self.noise = stages, cfg, noise
+        self.control = control or RunControl()
+        self.timer = StageTimer(stages.denoise.backend.device)
+        self.plan = CausalWindows(cfg.windows.size, cfg.windows.overlap)
+        self.motion = stages.motion(source, relative)
+        self.cond = stages.source.conditioning(source, noise.aug)
+        s = cfg.sampler
+        self.schedule = sampling.make_schedule(s.sampler, s.steps, s.scheduler)
+        self.guidance = guidance_scales(cfg, self.plan.size).to(stages.denoise.backend.device)
+        # bounded queues: input frames, per-frame head latents, finished latents, output frames
+        self.inputs: queue.Queue = queue.Queue(maxsize=queue_frames)
+        self.heads_q: queue.Queue = queue.Queue(maxsize=self.plan.size)
+        self.latents_q: queue.Queue = queue.Queue(maxsize=2)
+        self.outputs: queue.Queue = queue.Queue(maxsize=queue_frames)
+        # denoise-worker state, all bounded by the window size
+        self.heads: dict[int, torch.Tensor] = {}  # frame 0 and the last size-1 frames
+        self.known: dict[int, torch.Tensor] = {}  # clean latents: frame 0 and the last size-1 emitted
+        self.pushed_at: deque[tuple[float, float | None]] = deque()  # for frames not yet emitted
+        self.received = self.emitted = self.windows_done = 0
+        self._times_lock = threading.Lock()
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self.threads = [threading.Thread(target=self._guard(fn), name=f"frvd-{fn.__name__}", daemon=True)
+                        for fn in (self._motion_worker, self._denoise_worker, self._decode_worker)]
+        for t in self.threads:
+            t.start()
+
+    # -- plumbing -------------------------------------------------------------------------
+    def _guard(self, fn: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                fn()
+            except _Stopped:
+                pass
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer, re-raised there
+                self.error = self.error or exc
+                self._stop.set()
+            finally:
+                self._put_end(fn)
+
+        return run
+
+    def _put_end(self, fn: Callable[[], None]) -> None:
+        downstream = {self._motion_worker: self.heads_q, self._denoise_worker: self.latents_q,
+                      self._decode_worker: self.outputs}[fn]
+        while True:
+            try:
+                downstream.put(_END, timeout=0.05)
+                return
+            except queue.Full:
+                if self._stop.is_set():  # nobody will read it: drop the oldest item to make room
+                    try:
+                        downstream.get_nowait()
+                    except queue.Empty:
+                        pass
+
+    def put(self, q: queue.Queue, item: Any) -> None:
+        while True:
+            try:
+                q.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                if self._stop.is_set():
+                    raise _Stopped from None
+
+    def get(self, q: queue.Queue) -> Any:
+        while True:
+            try:
+                return q.get(timeout=0.05)
+            except queue.Empty:
+                if self._stop.is_set():
+                    raise _Stopped from None
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self.threads:
+            t.join(timeout=30)
+
+    # -- workers ----------------------------------------------------------------------------
+    def _motion_worker(self) -> None:
+        """Frames -> head latents as soon as they arrive, up to MOTION_CHUNK frames per call."""
+        while True:
+            item = self.get(self.inputs)
+            batch = [item] if item is not _END else []
+            while item is not _END and len(batch) < MOTION_CHUNK:
+                try:
+                    item = self.inputs.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not _END:
+                    batch.append(item)
+            if batch:
+                self.control.check()
+                frames = np.stack([frame for _, frame in batch])
+                with self.timer("motion"):
+                    heads = self.motion.run_pm1(conditioning.to_pm1(frames)).head_latents
+                for (index, _), head in zip(batch, heads, strict=True):
+                    self.put(self.heads_q, (index, head))
+            if item is _END:
+                return
+
+    def _denoise_worker(self) -> None:
+        ended = False
+        while True:
+            window = self.plan.next_window(self.received, self.emitted, ended)
+            if window is not None:
+                self._run_window(window)
+                continue
+            if ended:
+                return
+            item = self.get(self.heads_q)
+            if item is _END:
+                ended = True
+                continue
+            index, head = item
+            self.heads[index] = head
+            self.received = index + 1
+
+    def _run_window(self, window: list[int]) -> None:
+        """Denoise one window with its already-emitted frames pinned; hand the new ones on."""
+        dev = self.stages.denoise.backend.device
+        known_pos = [p for p, i in enumerate(window) if i < self.emitted]
+        new_pos = [p for p, i in enumerate(window) if i >= self.emitted and i not in window[:p]]
+        heads = torch.stack([self.heads[i] for i in window])
+        z0 = torch.stack([self.known[window[p]] for p in known_pos]) if known_pos else None
+        schedule = self.schedule
+
+        def model_fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            item = WindowInput(x, sigma, timestep_for(schedule, sigma), heads)
+            with self.timer("denoise"):
+                pred = self.stages.denoise([item], self.cond)[0].noise_pred
+            guided = pred[0] + self.guidance * (pred[1] - pred[0])
+            denoised = sampling.v_to_x0(guided, x, sigma)
+            if z0 is not None:
+                denoised[known_pos] = z0  # the release's first_n_frames pinning, in x0 form
+            return denoised
+
+        x = self.noise.initial_latents(window, schedule).to(dev)
+        x = sampling.SAMPLERS[self.cfg.sampler.sampler](model_fn, x, schedule.sigmas, callback=self._step_done)
+        indices = [window[p] for p in new_pos]
+        for p, i in zip(new_pos, indices, strict=True):
+            self.known[i] = x[p].clone()
+        self.emitted = indices[-1] + 1
+        self.windows_done += 1
+        # any later window (the last one too, which ends at the last frame) starts after frame 0 at
+        # emitted - (size - 2) or later: older state is dropped
+        first = self.emitted - (self.plan.size - 2)
+        for held in (self.heads, self.known):
+            for i in [i for i in held if 0 < i < first]:
+                del held[i]
+        self.put(self.latents_q, (indices, x[new_pos]))
+
+    def _step_done(self, i: int, x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> None:
+        self.control.check()
+
+    def _decode_worker(self) -> None:
+        while True:
+            item = self.get(self.latents_q)
+            if item is _END:
+                return
+            indices, latents = item
+            with self.timer("decode"):
+                frames = to_uint8(self.stages.decode(latents))
+            now = time.perf_counter()
+            for index, frame in zip(indices, frames, strict=True):
+                with self._times_lock:
+                    pushed, stamp = self.pushed_at.popleft()
+                self.put(self.outputs, StreamFrame(index, frame, now - pushed, stamp))
+
+    # -- the caller's side ------------------------------------------------------------------
+    def push(self, index: int, frame: np.ndarray, timestamp: float | None, timeout: float | None) -> None:
+        with self._times_lock:
+            self.pushed_at.append((time.perf_counter(), timestamp))
+        self._put_caller(self.inputs, (index, frame), timeout)
+
+    def end(self) -> None:
+        self._put_caller(self.inputs, _END, None)
+
+    def _put_caller(self, q: queue.Queue, item: Any, timeout: float | None) -> None:
+        start = time.perf_counter()
+        stalled_since: float | None = None
+        while True:
+            self.raise_error()
+            try:
+                q.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                now = time.perf_counter()
+                if timeout is not None and now - start > timeout:
+                    raise StreamError(f"push timed out after {timeout} s: the engine is behind") from None
+                stalled_since = (stalled_since or now) if self.outputs.full() else None
+                if stalled_since is not None and now - stalled_since > STALL_SECONDS:
+                    raise StreamError(
+                        "the stream is stalled: finished frames are not being read; call ready() between "
+                        "pushes (or read results() from another thread)"
+                    ) from None
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def state_sizes(self) -> dict[str, int]:
+        """Number of items held by every piece of stream state (for the bounded-memory tests)."""
+        return {"heads": len(self.heads), "known": len(self.known), "pending_times": len(self.pushed_at),
+                "inputs": self.inputs.qsize(), "heads_q": self.heads_q.qsize(),
+                "latents_q": self.latents_q.qsize(), "outputs": self.outputs.qsize()}
+
+
+class _Stopped(Exception):
+    """Raised inside a worker when the stream is stopping."""

@@ -1,0 +1,42 @@
+"""The official-release pipeline fixture on exported graphs (``python -m engine.fixtures --backend onnxruntime``).
+
+``onnxruntime_factory`` is a ``backend_factory`` for ``engine.fixture_kinds.pipeline.reproduce``:
+it exports the fixture networks' graphs into an engines folder (through the build cache) and runs
+exact mode on onnxruntime.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from engine.backends import Backend
+from engine.backends.ort_backend import OrtBackend
+from engine.config import RunConfig
+from engine.graphs import GraphOptions
+from engine.networks import Networks
+from export.build import BuildConfig, Builder, summary
+from export.sources import from_networks
+
+if TYPE_CHECKING:
+    
+
+def onnxruntime_factory(engines: Path, fixture_dir: Path, window_batch: int = 1, quiet: bool = True):
+    """``backend_factory`` that exports the fixture networks' graphs into ``engines`` (cached) and
+    returns an onnxruntime backend over them; builds with a failing graph stop before the run."""
+    from engine.pipeline import ReenactPipeline  # the pipeline module the fixture kind runs
+
+    def factory(nets: Networks, run_cfg: RunConfig) -> Backend:
+        tc = run_cfg.sampler.time_context
+        where = {"kind": "fixture", "dir": str(fixture_dir), "time_context": tc}
+        source = from_networks(nets, run_cfg.model, tc, where)
+        opts = GraphOptions(image_size=run_cfg.size, window=run_cfg.windows.size, max_windows=max(4, window_batch),
+                            opt_windows=window_batch, time_context=tc)
+        report = Builder(source, opts, engines, BuildConfig(quiet=quiet)).run()
+        if report["failed"]:
+            raise RuntimeError(f"exported graphs failed their parity check:\n{summary(report)}")
+        expect = {"model": run_cfg.model, "time_context": tc, "image_size": run_cfg.size,
+                  "window": run_cfg.windows.size}
+        return OrtBackend(engines, expect=expect, device="cpu")
+
+    return factory
