@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import threading
 import time
 from collections import OrderedDict
@@ -26,14 +27,19 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
 from engine import networks, presets
+from engine.align import METHODS as ALIGN_METHODS
+from engine.align import CropTransform, PasteBack, crop_transform
+from engine.align import crop as crop_image
 from engine.backends import BACKENDS, Backend, create_backend
+from engine.cli_args import SEED_MAX
 from engine.config import RunConfig, WindowConfig
 from engine.errors import EngineError, InputError
-from engine.io import check_output_path, fit_square, iter_video_frames, load_image, probe_video, write_video
+from engine.io import check_output_path, fit_square, iter_video_frames, load_image, probe_video, read_rgb, write_video
 from engine.io.image import side_by_side
 from engine.runtime import ExactRun, Noise, RunControl, StageTimer, StreamFrame, StreamRunner
 from engine.runtime.control import prefetch
@@ -87,17 +93,26 @@ class RunOptions:
             raise InputError(f"guidance must be a finite number, got {self.guidance}")
         if self.sampler not in (None, "euler", "ddim"):
             raise InputError(f"sampler {self.sampler!r} is not one of euler, ddim")
-        if not 0 <= self.seed < 2**63:
-            raise InputError(f"seed must be in [0, 2^63), got {self.seed}")
+        if not 0 <= self.seed <= SEED_MAX:
+            raise InputError(f"seed must be in [0, 2^64), got {self.seed}")
 
 
 @dataclass(frozen=True)
 class SourceHandle:
     """A source image whose features are computed; pass it to any number of runs."""
 
-    key: str  # content hash
-    image: np.ndarray  # [size, size, 3] uint8
+    key: str  # content hash of the pixels the engine sees (and of the alignment)
+    image: np.ndarray  # [size, size, 3] uint8: what the networks see (centre crop or aligned crop)
     features: SourceFeatures
+    original: np.ndarray | None = None  # the whole source image, when aligned (for paste-back)
+    crop: CropTransform | None = None  # original -> crop, when aligned
+    note: str = ""  # e.g. which face detector alignment fell back to
+
+    def paster(self) -> PasteBack:
+        if self.crop is None or self.original is None:
+            raise InputError("paste-back needs an aligned source: set_source(image, align='auto') "
+                             "(on the CLI: --align auto --paste-back)")
+        return PasteBack(self.original, self.crop)
 
 
 @dataclass
@@ -113,8 +128,8 @@ class Reenactor:
     """One engine (networks on a backend) and its cached sources. Build with ``from_preset`` /
     ``from_pretrained``; release with ``close()`` or a ``with`` block."""
 
-    def __init__(self, backend: Backend, cfg: RunConfig, preset: str) -> None:
-        self.backend, self.cfg, self.preset = backend, cfg, preset
+    def __init__(self, backend: Backend, cfg: RunConfig, preset: str, weights_dir: Path | None = None) -> None:
+        self.backend, self.cfg, self.preset, self.weights_dir = backend, cfg, preset, weights_dir
         self.stages = Stages.build(backend, cfg)
         self._sources: OrderedDict[str, SourceHandle] = OrderedDict()
         self._lock = threading.RLock()
@@ -146,7 +161,7 @@ class Reenactor:
             device=opts.device,
         )
         backend = create_backend(opts.backend, cfg, nets=nets, engines=opts.engines)
-        return cls(backend, cfg, preset)
+        return cls(backend, cfg, preset, weights_dir)
 
     @classmethod
     def from_pretrained(cls, weights: str | Path, options: EngineOptions | None = None,
@@ -172,20 +187,36 @@ class Reenactor:
         return self.cfg.size
 
     # -- sources ------------------------------------------------------------------------------
-    def set_source(self, image: str | Path | np.ndarray) -> SourceHandle:
-        """A path (any image PIL reads) or an RGB uint8 array -> a cached handle."""
+    def set_source(self, image: str | Path | np.ndarray, align: str = "none",
+                   face_index: int | None = None) -> SourceHandle:
+        """A path (any image PIL reads) or an RGB uint8 array -> a cached handle.
+
+        ``align``: ``none`` (centre crop, the release's default), ``auto`` / ``insightface`` / ``opencv``
+        (the release's face crop: the detector box, then its landmarks, then a similarity transform;
+        ``auto`` uses the release's ``facecropper/`` models when the weights folder has them, else
+        OpenCV). ``face_index`` picks a face when there are several (0 = the largest).
+        """
+        if align not in ("none", *ALIGN_METHODS):
+            raise InputError(f"align {align!r} is not one of none, {', '.join(ALIGN_METHODS)}")
         if isinstance(image, np.ndarray):
             if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
                 raise InputError(f"a source array must be uint8 [H, W, 3] RGB, got {image.dtype} {image.shape}")
+        original = crop = None
+        note = ""
+        if align != "none":
+            original = image if isinstance(image, np.ndarray) else read_rgb(image)
+            crop = crop_transform(original, align, face_index, self.weights_dir)
+            pixels, note = crop_image(original, crop, self.size), crop.note
+        elif isinstance(image, np.ndarray):
             pixels = fit_square(image, self.size)
         else:
             pixels = load_image(image, self.size)
-        key = hashlib.sha256(pixels.tobytes()).hexdigest()[:16]
+        key = hashlib.sha256(pixels.tobytes() + align.encode()).hexdigest()[:16]
         with self._lock:
             if key in self._sources:
                 self._sources.move_to_end(key)
                 return self._sources[key]
-            handle = SourceHandle(key, pixels, self.stages.source.prepare(pixels))
+            handle = SourceHandle(key, pixels, self.stages.source.prepare(pixels), original, crop, note)
             self._sources[key] = handle
             while len(self._sources) > SOURCE_CACHE:
                 self._sources.popitem(last=False)
@@ -210,10 +241,11 @@ class Reenactor:
                driving: str | Path | np.ndarray | Iterable[np.ndarray], out: str | Path | None = None, *,
                options: RunOptions | None = None, control: RunControl | None = None,
                max_frames: int | None = None, fps: float | Fraction | None = None,
-               side_by_side_with_inputs: bool = False) -> RenderResult:
+               side_by_side_with_inputs: bool = False, paste_back: bool = False) -> RenderResult:
         """Exact mode over a whole clip. ``driving``: a video path, a uint8 [F, H, W, 3] array or an
         iterable of frames. With ``out`` the video (and ``out.json``, the resolved configuration)
-        appear together or not at all; without, the frames are returned."""
+        appear together or not at all; without, the frames are returned. ``paste_back`` (aligned
+        sources) warps each frame back into the whole source image, at its own size."""
         start = time.perf_counter()
         cfg = self.run_config(options or RunOptions())
         control = control or RunControl()
@@ -225,9 +257,7 @@ class Reenactor:
             run = ExactRun(self.stages, cfg, handle.features, frames(), self._noise(cfg), control, timer,
                            relative=cfg.relative_motion)
             produced = prefetch(run.frames(), control, depth=2 * self.stages.decode.per_call)
-            if side_by_side_with_inputs:
-                produced = (side_by_side(handle.image[None], d[None], f[None])[0]
-                            for d, f in zip(frames(), produced, strict=False))
+            produced = compose(produced, handle, frames() if side_by_side_with_inputs else None, paste_back)
             if path is None:
                 result = np.stack(list(produced))
             else:
@@ -255,10 +285,12 @@ class Reenactor:
 
     # -- live ----------------------------------------------------------------------------------
     def stream(self, source: SourceHandle | str | Path | np.ndarray, options: RunOptions | None = None,
-               control: RunControl | None = None, queue_frames: int = 32) -> ReenactStream:
-        """A causal stream: push driving frames, read finished frames (see ``ReenactStream``)."""
+               control: RunControl | None = None, queue_frames: int = 32, paste_back: bool = False) -> ReenactStream:
+        """A causal stream: push driving frames, read finished frames (see ``ReenactStream``);
+        ``paste_back`` (aligned sources) returns frames pasted into the whole source image."""
         cfg = self.run_config(options or RunOptions())
         handle = self._source(source)
+        paster = handle.paster() if paste_back else None
         self._lock.acquire()
         try:
             runner = StreamRunner(self.stages, cfg, handle.features, self._noise(cfg), cfg.relative_motion,
@@ -266,7 +298,7 @@ class Reenactor:
         except BaseException:
             self._lock.release()
             raise
-        return ReenactStream(runner, self.size, self._lock)
+        return ReenactStream(runner, self.size, self._lock, paster)
 
 
 class ReenactStream:
@@ -275,8 +307,8 @@ class ReenactStream:
     of blocking forever. ``lookahead``: driving frames needed after an output frame before it is
     emitted (worst case, frame 0); ``steady_lookahead``: the same after the first window."""
 
-    def __init__(self, runner: StreamRunner, size: int, lock: threading.RLock) -> None:
-        self.runner, self.size, self._lock = runner, size, lock
+    def __init__(self, runner: StreamRunner, size: int, lock: threading.RLock, paster: PasteBack | None = None) -> None:
+        self.runner, self.size, self._lock, self.paster = runner, size, lock, paster
         self.lookahead = runner.plan.lookahead
         self.steady_lookahead = runner.plan.steady_lookahead
         self.pushed = 0
@@ -304,27 +336,39 @@ class ReenactStream:
         while not self._finished:
             try:
                 item = self.runner.outputs.get_nowait()
-            except Exception:  # queue.Empty
+            except queue.Empty:
                 break
             if self._take(item, out):
                 break
         self.runner.raise_error()
         return out
 
+    def get(self, timeout: float | None = None) -> StreamFrame | None:
+        """The next finished frame, waiting up to ``timeout`` seconds (None: until one is ready);
+        None after the last frame or on timeout."""
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        while not self._finished:
+            self.runner.raise_error()
+            try:
+                item = self.runner.outputs.get(timeout=0.05)
+            except queue.Empty:
+                if deadline is not None and time.perf_counter() > deadline:
+                    return None
+                continue
+            out: list[StreamFrame] = []
+            if not self._take(item, out):
+                return out[0]
+        self.runner.raise_error()
+        return None
+
     def results(self) -> Iterator[StreamFrame]:
         """Blocks for each next frame; ends after the last one (call ``end()`` first, or from another thread)."""
-        while not self._finished:
-            item = self.runner.get(self.runner.outputs) if not self.runner.error else None
-            out: list[StreamFrame] = []
-            if item is None or self._take(item, out):
-                self.runner.raise_error()
-                return
-            yield from out
-        self.runner.raise_error()
+        while (frame := self.get()) is not None:
+            yield frame
 
     def _take(self, item: object, out: list[StreamFrame]) -> bool:
         if isinstance(item, StreamFrame):
-            out.append(item)
+            out.append(item if self.paster is None else replace(item, frame=self.paster(item.frame)))
             return False
         self._finished = True  # the end marker
         return True
@@ -353,6 +397,24 @@ class ReenactStream:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def compose(frames: Iterable[np.ndarray], handle: SourceHandle, driving: Iterable[np.ndarray] | None,
+            paste_back: bool) -> Iterator[np.ndarray]:
+    """Result frames as written: pasted back into the whole source, and/or beside the inputs
+    (source | driving | result, the driving frame scaled to the result's height)."""
+    paster = handle.paster() if paste_back else None
+    source = handle.original if paster is not None else handle.image
+    drive = iter(driving) if driving is not None else None
+    for frame in frames:
+        if paster is not None:
+            frame = paster(frame)
+        if drive is not None:
+            d = next(drive)
+            if d.shape[0] != frame.shape[0]:
+                d = cv2.resize(d, (frame.shape[0], frame.shape[0]), interpolation=cv2.INTER_LINEAR)
+            frame = side_by_side(source, d, frame)
+        yield frame
 
 
 def _write_with_sidecar(path: Path, frames: Iterator[np.ndarray], rate: Fraction, audio: Path | None,

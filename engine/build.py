@@ -22,7 +22,8 @@ from engine.graphs import GRAPH_NAMES, GRID_SAMPLE_FORMS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = Parser(prog="python -m engine.build", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python -m engine.build", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=["tiny", "official"], default="tiny")
     p.add_argument("--weights", type=Path, default=None, help="the release's pretrained_weights/ folder")
     p.add_argument("--target", choices=["onnx", "trt"], default="onnx")
@@ -38,7 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="5-D sampling in the warp graph (default: onnx20 for onnx, decomposed for trt)")
     p.add_argument("--max-windows", type=positive_int, default=4, help="largest windows-per-call the denoiser takes")
     p.add_argument("--window-batch", type=positive_int, default=1, help="windows per call TensorRT tunes for")
-    p.add_argument("--workspace-gib", type=finite_float(0, lo_open=True), default=None, help="TensorRT builder workspace limit")
+    p.add_argument("--workspace-gib", type=finite_float(0, lo_open=True), default=None,
+                   help="TensorRT builder workspace limit")
     p.add_argument("--no-parity", action="store_true", help="skip the parity run against torch")
     p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bars")

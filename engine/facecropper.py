@@ -85,7 +85,7 @@ class Detector:
             scores.append(score[keep])
             if self.use_kps:
                 k = np.asarray(outs[i + 2 * fmc]).reshape(-1, 10)[keep] * stride
-                kpss.append((k.reshape(-1, 5, 2) + c[:, None, :]))
+                kpss.append(k.reshape(-1, 5, 2) + c[:, None, :])
         score = np.concatenate(scores)
         order = np.argsort(-score, kind="stable")
         det = np.concatenate([np.concatenate(boxes) / det_scale, score[:, None]], axis=1)[order].astype(np.float32)

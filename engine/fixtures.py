@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shutil
 import sys
 import tempfile
 import time
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from engine.cli_args import Parser, creatable_dir, existing_dir, positive_int
+from engine.errors import EngineError, InputError
 from engine.fixture_kinds import TensorCheck
 
 KINDS = ("liveportrait", "wfm_unet", "pipeline")
@@ -26,6 +29,40 @@ KINDS = ("liveportrait", "wfm_unet", "pipeline")
 
 def discover(fixture_dir: Path) -> list[str]:
     return [kind for kind in KINDS if (fixture_dir / f"{kind}_config.json").is_file()]
+
+
+def preflight(args: argparse.Namespace) -> list[str]:
+    """The kinds to run, after checking every path and every file they read (a damaged copy of the
+    fixture set fails here, in one line, before any network is built)."""
+    from safetensors import safe_open
+
+    from engine.fixture_kinds import read_config
+
+    fixture_dir = existing_dir(args.fixture_dir, "fixture folder", "folder holding <kind>_config.json files")
+    if args.engines is not None:
+        creatable_dir(args.engines, "--engines")
+    kinds = [k for k in discover(fixture_dir) if args.kinds is None or k in args.kinds]
+    if not kinds:
+        raise InputError(f"no <kind>_config.json for kinds {', '.join(KINDS)} in {fixture_dir}")
+    for kind in kinds:
+        read_config(fixture_dir, kind)
+        files = {p.name for p in fixture_dir.glob(f"{kind}_*.safetensors")}
+        if kind == "pipeline":
+            from engine.fixture_kinds.pipeline import WEIGHT_FILES
+
+            files |= set(WEIGHT_FILES.values())
+        for name in sorted(files):
+            path = fixture_dir / name
+            if not path.is_file():
+                raise InputError(f"fixture file {path} is missing: the {kind} kind reads it; copy the set again")
+            try:
+                with safe_open(str(path), framework="pt"):
+                    pass  # opening validates the header and that the file holds every byte it lists
+            except Exception:  # noqa: BLE001 - any failure here means a damaged file
+                raise InputError(
+                    f"fixture file {path} is damaged (not a complete safetensors file): copy it again"
+                ) from None
+    return kinds
 
 
 def run_kind(kind: str, fixture_dir: Path, **options: object) -> list[TensorCheck]:
@@ -42,12 +79,12 @@ def format_rows(kind: str, checks: list[TensorCheck]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m engine.fixtures", description=__doc__)
+    p = Parser(prog="python -m engine.fixtures", description=__doc__)
     p.add_argument("fixture_dir", type=Path)
     p.add_argument("--kinds", nargs="*", choices=KINDS, default=None, help="only these kinds")
     p.add_argument("--time-context", choices=["release", "fixed"], default="release")
-    p.add_argument("--window-batch", type=int, default=1, help="pipeline kind: windows per denoiser call")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--window-batch", type=positive_int, default=1, help="pipeline kind: windows per denoiser call")
+    p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
                    help="onnxruntime: the pipeline kind on graphs exported from the fixture's weights")
     p.add_argument("--engines", type=Path, default=None, help="cache folder for the exported graphs")
@@ -57,23 +94,22 @@ def main(argv: list[str] | None = None) -> int:
             p.error("--backend onnxruntime reproduces the pipeline kind only (--kinds pipeline)")
         args.kinds = ["pipeline"]
     # no_grad as a context, not set_grad_enabled(False): in-process callers (tests) keep their mode
+    created = args.engines is not None and not args.engines.exists()
     with tempfile.TemporaryDirectory(prefix="frvd-fixture-engines-") as tmp, torch.no_grad():
-        if args.engines is None:
-            args.engines = Path(tmp)
-        return _run(args)
+        try:
+            kinds = preflight(args)
+            if args.engines is None:
+                args.engines = Path(tmp)
+            return _run(args, kinds)
+        except EngineError as err:
+            if created:  # an --engines folder this run made is not left half-built
+                shutil.rmtree(args.engines, ignore_errors=True)
+            print(f"error: {err}", file=sys.stderr)
+            return err.exit_code
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, kinds: list[str]) -> int:
     torch.set_num_threads(args.threads)
-
-    if not args.fixture_dir.is_dir():
-        print(f"error: fixture folder {args.fixture_dir} does not exist", file=sys.stderr)
-        return 2
-    kinds = [k for k in discover(args.fixture_dir) if args.kinds is None or k in args.kinds]
-    if not kinds:
-        print(f"error: no <kind>_config.json for kinds {KINDS} in {args.fixture_dir}", file=sys.stderr)
-        return 2
-
     print(f"{'kind':<13} {'tensor':<34} {'max rel err':>11} {'tol':>9}  result")
     failed = total = 0
     for kind in kinds:
@@ -87,7 +123,13 @@ def _run(args: argparse.Namespace) -> int:
 
                 options["backend_factory"] = onnxruntime_factory(args.engines, args.fixture_dir, args.window_batch)
         t0 = time.perf_counter()
-        checks = run_kind(kind, args.fixture_dir, **options)
+        try:
+            checks = run_kind(kind, args.fixture_dir, **options)
+        except KeyError as err:  # valid JSON, but not the fields (or tensors) the kind needs
+            raise InputError(
+                f"fixture {kind}: {kind}_config.json or its tensors lack {err.args[0]!r}: "
+                f"the fixture set in {args.fixture_dir} is incomplete; copy it again"
+            ) from None
         for row in format_rows(kind, checks):
             print(row)
         failed += sum(not c.passed for c in checks)

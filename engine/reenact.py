@@ -8,7 +8,6 @@ file through the causal live path instead. Writes OUT.mp4 and OUT.json (the reso
 from __future__ import annotations
 
 import argparse
-import math
 import signal
 import sys
 import threading
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from engine.cli_args import Parser, existing_dir, finite_float, int_in, positive_int, seed_int
 from engine.errors import EngineError, InputError
 from engine.progress import PROGRESS_MODES, make_progress
 
@@ -25,33 +25,35 @@ DEFAULT_SOURCE = ASSETS / "source.png"
 DEFAULT_DRIVING = ASSETS / "driving.mp4"
 
 
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m engine.reenact", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(prog="python -m engine.reenact", description=__doc__,
+               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="source portrait image")
     p.add_argument("--driving", type=Path, default=DEFAULT_DRIVING, help="driving video")
     p.add_argument("--out", type=Path, default=Path("outputs/reenact.mp4"),
                    help="output .mp4; OUT.json beside it records the resolved configuration")
     p.add_argument("--preset", choices=["tiny", "official"], default="tiny")
     p.add_argument("--weights", type=Path, default=None, help="the release's pretrained_weights/ folder")
-    p.add_argument("--size", type=int, default=None, help="output side in pixels, a multiple of 64 (default: preset's)")
-    p.add_argument("--steps", type=int, default=25, help="denoising steps (the release's 25)")
-    p.add_argument("--guidance", type=_finite, default=2.5, help="classifier-free guidance scale")
+    # latents are size/8 and the UNet halves them three times: the side must divide by 64
+    p.add_argument("--size", type=int_in(64, multiple_of=64), default=None,
+                   help="output side in pixels, a multiple of 64 (default: the preset's)")
+    p.add_argument("--steps", type=positive_int, default=25, help="denoising steps (the release's 25)")
+    p.add_argument("--guidance", type=finite_float(), default=2.5, help="classifier-free guidance scale")
     p.add_argument("--sampler", choices=["euler", "ddim"], default="euler")
-    p.add_argument("--seed", type=int, default=0, help="the run's noise draws")
+    p.add_argument("--seed", type=seed_int, default=0, help="the run's noise draws")
     p.add_argument("--time-context", choices=["release", "fixed"], default="release",
                    help="temporal-context layout: the release's (diffusers 0.27.2) or PR #7268's")
-    p.add_argument("--window-batch", type=int, default=1, help="windows per denoiser call")
-    p.add_argument("--max-frames", type=int, default=None, help="use only the first N driving frames")
+    p.add_argument("--window-batch", type=positive_int, default=1, help="windows per denoiser call")
+    p.add_argument("--max-frames", type=positive_int, default=None, help="use only the first N driving frames")
     p.add_argument("--absolute-motion", action="store_true", help="self-reenactment: absolute driving motion")
     p.add_argument("--side-by-side", action="store_true", help="write source | driving | result")
+    p.add_argument("--align", choices=["none", "auto", "insightface", "opencv"], default="none",
+                   help="source face crop: none = centre crop; auto = the release's facecropper models from "
+                        "--weights when present, else OpenCV")
+    p.add_argument("--face-index", type=int_in(0), default=None,
+                   help="with --align: which face when there are several (0 = the largest)")
+    p.add_argument("--paste-back", action="store_true",
+                   help="with --align: paste each result frame back into the whole source image")
     p.add_argument("--stream", action="store_true",
                    help="run the clip through the causal live path (frames emitted as windows finish)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
@@ -64,17 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="bars on a terminal, plain lines otherwise (auto), or none")
     p.add_argument("--quiet", action="store_true", help="same as --progress none")
     args = p.parse_args(argv)
-    if args.steps < 1:
-        p.error("--steps must be >= 1")
-    if args.window_batch < 1:
-        p.error("--window-batch must be >= 1")
-    if args.max_frames is not None and args.max_frames < 1:
-        p.error("--max-frames must be >= 1")
-    if not 0 <= args.seed < 2**63:
-        p.error("--seed must be in [0, 2^63)")
-    if args.size is not None and (args.size < 64 or args.size % 64):
-        # latents are size/8 and the UNet halves them three times: size must divide by 64
-        p.error("--size must be a multiple of 64 (64, 128, ..., 512)")
+    if args.paste_back and args.align == "none":
+        p.error("--paste-back needs --align auto|insightface|opencv (a face crop to paste back)")
     if args.backend != "torch" and args.engines is None:
         p.error(f"--backend {args.backend} needs --engines DIR (built with python -m engine.build)")
     if args.preset == "official" and args.weights is None and args.backend == "torch":
@@ -84,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_inputs(args: argparse.Namespace, size: int) -> None:
     """Every path and option checked before any network is built or weight read."""
-    from engine.io import check_input_file, check_output_path, load_image, probe_video
+    from engine.io import check_output_path, load_image, probe_video, read_rgb
 
     try:
         device = torch.device(args.device)
@@ -96,9 +89,13 @@ def check_inputs(args: argparse.Namespace, size: int) -> None:
             "(see README, 'On a GPU') or use --device cpu"
         )
     load_image(args.source, size)
+    if args.align != "none":  # no face, or several: known before any network is built
+        from engine.align import crop_transform
+
+        crop_transform(read_rgb(args.source), args.align, args.face_index, args.weights)
     probe_video(args.driving)
     if args.weights is not None:
-        check_input_file(args.weights, "weights folder") if not args.weights.is_dir() else None
+        existing_dir(args.weights, "--weights", "release's pretrained_weights/ folder")
     out = args.out.expanduser().resolve()
     for what, path in (("--driving", args.driving), ("--source", args.source)):
         if path.expanduser().resolve() == out:
@@ -127,7 +124,9 @@ def run(args: argparse.Namespace) -> str:
     load_s = time.perf_counter() - start
     try:
         with engine:
-            source = engine.set_source(args.source)
+            source = engine.set_source(args.source, args.align, args.face_index)
+            if source.note:
+                print(f"note: {source.note}", file=sys.stderr)
             if args.stream:
                 summary = _run_stream(engine, source, args, options, progress)
             else:
@@ -135,7 +134,7 @@ def run(args: argparse.Namespace) -> str:
 
                 result = engine.render(source, args.driving, args.out, options=options,
                                        control=RunControl(progress=progress), max_frames=args.max_frames,
-                                       side_by_side_with_inputs=args.side_by_side)
+                                       side_by_side_with_inputs=args.side_by_side, paste_back=args.paste_back)
                 sec = result.seconds
                 summary = (f"{result.num_frames} frames", sec, result.num_frames)
     finally:
@@ -156,9 +155,8 @@ def _run_stream(engine, source, args, options, progress) -> tuple[str, dict[str,
     """The file through the live path: a reader thread pushes frames, results go to the writer."""
     import numpy as np
 
-    from engine.api import _write_with_sidecar
+    from engine.api import _write_with_sidecar, compose
     from engine.io import iter_video_frames, probe_video
-    from engine.io.image import side_by_side
     from engine.runtime import RunControl, StageTimer
 
     info = probe_video(args.driving)
@@ -178,20 +176,19 @@ def _run_stream(engine, source, args, options, progress) -> tuple[str, dict[str,
         reader = threading.Thread(target=feed, name="frvd-reader", daemon=True)
         reader.start()
 
-        def frames():
-            drive = iter_video_frames(args.driving, engine.size, args.max_frames) if args.side_by_side else None
+        def results():
             for out in stream.results():
                 latencies.append(out.latency)
                 progress("stream", out.index + 1, max(total, out.index + 1))
-                frame = out.frame
-                if drive is not None:
-                    frame = side_by_side(source.image[None], next(drive)[None], frame[None])[0]
-                yield frame
+                yield out.frame
             control.check()
+
+        drive = iter_video_frames(args.driving, engine.size, args.max_frames) if args.side_by_side else None
+        frames = compose(results(), source, drive, args.paste_back)
 
         timer = StageTimer()
         cfg = engine.run_config(options)
-        _write_with_sidecar(args.out, frames(), info.rate, args.driving if info.has_audio else None, cfg, timer)
+        _write_with_sidecar(args.out, frames, info.rate, args.driving if info.has_audio else None, cfg, timer)
         reader.join()
         sec = dict(stream.stage_seconds(), **timer.seconds)
     n = len(latencies)

@@ -7,7 +7,6 @@ output against the spec's tolerance and exits non-zero on any breach.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 

@@ -77,13 +77,86 @@ def worst(errors: dict[str, dict[str, float]]) -> float:
     return max((e["max_rel"] for e in errors.values()), default=0.0)
 
 
+# Part of the fp16 artifact's cache key: a change to what stays fp32 rebuilds the fp16 graphs.
+FP16_CONVERTER = "ort-float16/keep-sinusoids-fp32/v1"
+# Modules whose nodes stay float32: the sinusoidal embeddings (diffusers' Timesteps: token
+# positions up to 57,344 and their sin/cos tables are not representable in fp16 - positions above
+# 2,048 collide, the tiny preset's [3584, 16] table has only 2,817 distinct fp16 values).
+FP32_MODULES = ("diffusers.models.embeddings.Timesteps",)
+
+
+def fp32_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes to keep in float32: every node inside an ``FP32_MODULES`` module (from the
+    exporter's class-hierarchy metadata), every Sin/Cos (in case the metadata is missing) and
+    everything upstream of them - the positions and timesteps they embed - except through the
+    data input of Shape/Size, which carries no values (and would reach the whole network)."""
+    graph = model.graph
+    producer = {out: n for n in graph.node for out in n.output}
+    seeds = [n for n in graph.node if n.op_type in ("Sin", "Cos") or any(
+        p.key == "pkg.torch.onnx.class_hierarchy" and any(m in p.value for m in FP32_MODULES)
+        for p in n.metadata_props)]
+    keep: dict[str, onnx.NodeProto] = {}
+    stack = list(seeds)
+    while stack:
+        node = stack.pop()
+        if node.name in keep:
+            continue
+        keep[node.name] = node
+        if node.op_type in ("Shape", "Size"):
+            continue
+        stack.extend(producer[i] for i in node.input if i in producer)
+    return sorted(keep)
+
+
+def _fp32_constants(model: onnx.ModelProto, blocked: set[str]) -> list[str]:
+    """Give the blocked nodes private Constant copies of the float initializers they read (the
+    converter turns every shared float initializer to fp16, e.g. the embeddings' frequency
+    table); returns the new Constant nodes' names, to block too."""
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    added: list[str] = []
+    copies: dict[str, str] = {}
+    new_nodes = []
+    for node in graph.node:
+        if node.name not in blocked:
+            continue
+        for k, name in enumerate(node.input):
+            if name not in inits:
+                continue
+            if name not in copies:
+                copies[name] = f"{name}__fp32"
+                const = onnx.helper.make_node("Constant", [], [copies[name]], name=f"{name}__fp32_const",
+                                              value=inits[name])
+                new_nodes.append(const)
+                added.append(const.name)
+            node.input[k] = copies[name]
+    for const in reversed(new_nodes):
+        graph.node.insert(0, const)
+    return added
+
+
 def to_fp16(src: Path, dst: Path) -> None:
-    """float16 copy of an fp32 graph (inputs/outputs stay float32; the model casts at its edges)."""
+    """float16 copy of an fp32 graph (inputs/outputs stay float32; the model casts at its edges),
+    with the sinusoidal embeddings computed in float32 (``fp32_nodes``)."""
     import onnx_ir as ir
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = onnx.load(str(src))  # with external data
-    del model.graph.value_info[:]  # the exporter's fp32 annotations would contradict the converted nodes
-    half = ir.from_proto(convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True))
+    blocked = fp32_nodes(model)
+    blocked += _fp32_constants(model, set(blocked))
+    # The exporter's fp32 annotations would contradict the converted nodes, except at the edges of
+    # the blocked nodes: there they are what tells the converter where to insert its Casts.
+    # Only tensors that cross the boundary (one side blocked, the other not) keep their annotation;
+    # an annotated tensor between two blocked nodes would be cast to fp16 and back.
+    is_blocked = set(blocked)
+    sides: dict[str, set[bool]] = {}
+    for n in model.graph.node:
+        for t in (*n.input, *n.output):
+            sides.setdefault(t, set()).add(n.name in is_blocked)
+    kept = [v for v in model.graph.value_info if len(sides.get(v.name, ())) == 2]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(kept)
+    half = ir.from_proto(convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True,
+                                                  node_block_list=blocked))
     half.graph.sort()  # the converter appends its input casts at the end of the node list
     ir.save(half, dst, external_data=dst.name + ".data")

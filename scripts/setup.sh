@@ -38,7 +38,12 @@ fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 python -m pip install -q --upgrade pip
 if [ "$TORCH_BUILD" = cpu ]; then
-  python -m pip install -q "torch==$TORCH_VERSION"
+  if python -c "import sys, torch; sys.exit(0 if torch.version.cuda else 1)" 2>/dev/null; then
+    # back from a CUDA build: the plain pin below would count that build as already satisfying it
+    python -m pip install -q "torch==$TORCH_VERSION+cpu" --extra-index-url "https://download.pytorch.org/whl/cpu"
+  else
+    python -m pip install -q "torch==$TORCH_VERSION"
+  fi
 else
   # the exact local version (+cu128) so an installed CPU build does not count as "already satisfied"
   python -m pip install -q "torch==$TORCH_VERSION+$TORCH_BUILD" \

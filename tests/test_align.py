@@ -202,7 +202,7 @@ def _fake_facecropper(root: Path, det_outputs: dict[str, np.ndarray], lmk: np.nd
 def _detector_outputs(faces: list[tuple[int, int, float, tuple[float, float, float, float]]]) -> dict:
     """SCRFD's 9 outputs for a 512x512 input: (stride, anchor index, score, (l, t, r, b) px) per face."""
     outs = {}
-    for i, stride in enumerate((8, 16, 32)):
+    for stride in (8, 16, 32):
         n = (512 // stride) ** 2 * 2
         outs[f"score_{stride}"] = np.zeros((n, 1))
         outs[f"bbox_{stride}"] = np.ones((n, 4))

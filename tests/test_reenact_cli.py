@@ -61,6 +61,14 @@ def test_default_demo_writes_playable_h264_with_driving_frames_and_fps(tmp_path:
     assert cfg["model"]["name"] == "tiny" and cfg["sampler"]["steps"] == 2
 
 
+def test_stream_flag_runs_the_file_through_the_live_path(tmp_path: Path) -> None:
+    out = tmp_path / "live.mp4"
+    res = run_cli("--out", str(out), "--stream", "--max-frames", "20", *FAST)
+    assert res.returncode == 0, res.stderr
+    assert probe(out)[0] == 20 and "streamed (first frame" in res.stdout
+    assert json.loads(out.with_suffix(".json").read_text())["sampler"]["steps"] == 1
+
+
 @pytest.mark.parametrize("n", [1, 5])
 def test_clips_shorter_than_a_window(tmp_path: Path, n: int) -> None:
     clip = make_clip(tmp_path / "short.mp4", n, size=(101, 77))  # odd size too
@@ -217,3 +225,75 @@ def test_size_must_suit_the_unet(capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         reenact.main(["--size", "96"])
     assert exc.value.code == 2 and "multiple of 64" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the families of bad options
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--max-frames", "0"], "--max-frames"),
+        (["--seed", str(2**64)], "--seed"),
+        (["--seed", "-1"], "--seed"),
+        (["--guidance", "nan"], "--guidance"),
+        (["--guidance", "inf"], "--guidance"),
+        (["--steps", "0"], "--steps"),
+        (["--size", "100"], "multiple of 64"),
+        (["--paste-back"], "--align"),
+        (["--face-index", "-1"], "--face-index"),
+    ],
+)
+def test_bad_option_values_are_one_error_line(tmp_path: Path, capsys, argv: list[str], needle: str) -> None:
+    out = tmp_path / "o.mp4"
+    with pytest.raises(SystemExit) as exc:
+        reenact.main([*argv, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("device", "needle"), [("bogus", "not a device"), ("cuda", "CUDA")])
+def test_unusable_devices(tmp_path: Path, capsys, device: str, needle: str) -> None:
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert_clean_failure(["--device", device], tmp_path / "o.mp4", capsys, needle)
+
+
+def test_output_that_would_overwrite_an_input_is_refused(tmp_path: Path, capsys) -> None:
+    clip = make_clip(tmp_path / "clip.mp4", 3)
+    code = reenact.main(["--driving", str(clip), "--out", str(clip), *FAST])
+    err = capsys.readouterr().err
+    assert code == 2 and "--driving" in err and probe(clip)[0] == 3
+
+
+def test_a_folder_where_the_sidecar_goes_leaves_nothing(tmp_path: Path, capsys) -> None:
+    (tmp_path / "result.json").mkdir()
+    out = tmp_path / "result.mp4"
+    code = reenact.main(["--out", str(out), *FAST])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and "result.json" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
+
+
+def test_inputs_are_checked_before_any_network_is_built(tmp_path: Path, capsys, monkeypatch) -> None:
+    from engine import networks
+
+    built = []
+    monkeypatch.setattr(networks, "load_preset", lambda *a, **k: built.append(a) or pytest.fail("built"))
+    assert_clean_failure(["--source", str(tmp_path / "missing.png")], tmp_path / "o.mp4", capsys, "missing.png")
+    assert_clean_failure(["--driving", str(tmp_path / "missing.mp4")], tmp_path / "o.mp4", capsys, "missing.mp4")
+    flat = tmp_path / "flat.png"
+    Image.new("RGB", (256, 256), (128, 128, 128)).save(flat)
+    assert_clean_failure(["--source", str(flat), "--align", "opencv"], tmp_path / "o.mp4", capsys, "face")
+    assert built == []
+    assert not (tmp_path / "o.json").exists()
+
+
+def test_align_and_paste_back_write_the_source_size(tmp_path: Path, media_dir: Path) -> None:
+    out = tmp_path / "pasted.mp4"
+    argv = ["--source", str(media_dir / "source2.png"), "--max-frames", "3", "--align", "opencv", "--paste-back"]
+    assert reenact.main([*argv, "--out", str(out), *FAST]) == 0
+    with Image.open(media_dir / "source2.png") as img:
+        size = img.size
+    assert probe(out)[0] == 3 and probe(out)[4] == size

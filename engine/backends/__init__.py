@@ -22,6 +22,16 @@ def torch_specs(model: Any, size: int, window: int, time_context: str) -> dict:
     return build_specs(model, GraphOptions(image_size=size, window=window, time_context=time_context))
 
 
+def precision_for_dtype(kind: str, dtype: str) -> str:
+    """The artifacts a run in ``dtype`` uses: float16 -> the fp16 graphs / engines (the LivePortrait
+    graphs stay fp32), float32 -> fp32. ONNX and TensorRT artifacts have no bfloat16 form."""
+    if dtype == "float16":
+        return "fp16"
+    if dtype == "float32":
+        return "fp32"
+    raise BackendError(f"--backend {kind} runs float32 or float16 artifacts; dtype {dtype} needs --backend torch")
+
+
 def create_backend(kind: str, cfg: Any, nets: Any = None, engines: Path | None = None, **options: Any) -> Backend:
     """``kind`` for a pipeline with RunConfig ``cfg``: torch needs ``nets``, the others ``engines``."""
     if kind == "torch":
@@ -29,6 +39,12 @@ def create_backend(kind: str, cfg: Any, nets: Any = None, engines: Path | None =
 
         if nets is None:
             raise BackendError("the torch backend needs the networks (weights)")
+        if getattr(nets, "time_context", cfg.sampler.time_context) != cfg.sampler.time_context:
+            # the layout is baked into the modules; a run config saying otherwise would be a lie
+            raise BackendError(
+                f"the networks were built with time context {nets.time_context!r} but the run asks for "
+                f"{cfg.sampler.time_context!r}; build them with the run's setting"
+            )
         specs = torch_specs(cfg.model, cfg.size, cfg.windows.size, cfg.sampler.time_context)
         return TorchBackend(nets, specs)
     if kind not in BACKENDS:
@@ -37,6 +53,7 @@ def create_backend(kind: str, cfg: Any, nets: Any = None, engines: Path | None =
         raise BackendError(f"--backend {kind} needs --engines DIR (built with python -m engine.build)")
     expect = {"model": cfg.model, "time_context": cfg.sampler.time_context, "image_size": cfg.size,
               "window": cfg.windows.size}
+    options.setdefault("precision", precision_for_dtype(kind, getattr(cfg, "dtype", "float32")))
     if kind == "onnxruntime":
         from engine.backends.ort_backend import OrtBackend
 

@@ -54,6 +54,10 @@ class GraphRunner(ABC):
         """Largest accepted value of each bounded dim (empty when unbounded)."""
         return {}
 
+    def close(self) -> None:
+        """Release what the runner holds (sessions, engines, CUDA graphs); idempotent."""
+        return None  # runners that hold nothing release nothing
+
 
 class Backend:
     """Named graph runners sharing a device."""
@@ -84,3 +88,21 @@ class Backend:
 
     def max_dim(self, graph: str, dim: str) -> int | None:
         return self[graph].max_dims().get(dim)
+
+    def close(self) -> None:
+        """Release every runner (idempotent); the backend cannot run afterwards."""
+        runners, self.runners = self.runners, {}
+        errors = []
+        for runner in runners.values():
+            try:
+                runner.close()
+            except Exception as exc:  # close the others anyway, then report the first failure
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

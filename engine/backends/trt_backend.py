@@ -120,26 +120,34 @@ class TrtGraph(GraphRunner):
             self._active = key
         return binding
 
+    def _execute(self, handle: int, what: str = "enqueue") -> None:
+        # execute_async_v3 returns False (and logs why) instead of raising
+        if not self.context.execute_async_v3(handle):
+            raise BackendError(f"TensorRT failed to {what} {self.spec.name} (see the TensorRT log above)")
+
     def _enqueue(self, binding: _Binding) -> None:
         handle = self.stream.cuda_stream
         if not self.cuda_graphs:
-            if not self.context.execute_async_v3(handle):
-                raise BackendError(f"TensorRT failed to enqueue {self.spec.name}")
+            self._execute(handle)
             return
         if binding.graph_exec is None:
             if not binding.warm:  # TensorRT must run once per shape before it can be captured
-                self.context.execute_async_v3(handle)
+                self._execute(handle, "warm up")
                 binding.warm = True
             cudart = self.cudart
             _check(cudart.cudaStreamBeginCapture(handle, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal),
                    "cudaStreamBeginCapture")
-            self.context.execute_async_v3(handle)
-            graph = _check(cudart.cudaStreamEndCapture(handle), "cudaStreamEndCapture")
+            try:
+                self._execute(handle, "capture")
+            finally:  # a failed enqueue must not leave the stream capturing
+                graph = _check(cudart.cudaStreamEndCapture(handle), "cudaStreamEndCapture")
             binding.graph_exec = _check(cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
             _check(cudart.cudaGraphDestroy(graph), "cudaGraphDestroy")
         _check(self.cudart.cudaGraphLaunch(binding.graph_exec, handle), "cudaGraphLaunch")
 
     def run(self, feeds: Mapping[str, torch.Tensor]) -> Tensors:
+        if self.context is None:
+            raise BackendError(f"graph {self.spec.name} is closed")
         check_names(self.spec, feeds)
         shapes = {n: tuple(feeds[n].shape) for n in self.spec.input_names}
         try:
@@ -161,25 +169,43 @@ class TrtGraph(GraphRunner):
         return outputs
 
     def close(self) -> None:
+        """Destroy captured graphs, then drop the context before the engine (TensorRT's order)."""
+        if getattr(self, "stream", None) is not None and self._bindings:
+            self.stream.synchronize()  # nothing may still run on buffers about to be freed
         if self.cudart is not None:
             for binding in self._bindings.values():
                 if binding.graph_exec is not None:
                     self.cudart.cudaGraphExecDestroy(binding.graph_exec)
+                    binding.graph_exec = None
         self._bindings.clear()
+        self._active = None
+        self.context = None
+        self.engine = None
+
+
+def engine_kinds(precision: str | None) -> list[str]:
+    """Artifact kinds to look for: the asked precision (fp32-only graphs are always trt-fp32), or
+    with None whichever was built, fp16 first."""
+    if precision is None:
+        return ["trt-fp16", "trt-fp32"]
+    if precision not in ("fp32", "fp16"):
+        raise BackendError(f"precision must be fp32 or fp16, got {precision!r}")
+    return ["trt-fp16", "trt-fp32"] if precision == "fp16" else ["trt-fp32"]
 
 
 class TrtBackend(Backend):
     name = "tensorrt"
 
-    def __init__(self, engines: Path, graphs: Sequence[str] = GRAPH_NAMES, precision: str = "fp16",
+    def __init__(self, engines: Path, graphs: Sequence[str] = GRAPH_NAMES, precision: str | None = None,
                  expect: Mapping[str, Any] | None = None, cuda_graphs: bool = False, verify: bool = True) -> None:
+        """``precision`` None takes what the build made (engine.build defaults to fp32); "fp16" or
+        "fp32" insists on it (create_backend passes the run's dtype)."""
         require_tensorrt()  # the one clear error, before any file is opened
         runners = {}
         self.artifacts = {}
         for graph in graphs:
-            kinds = [f"trt-{precision}", "trt-fp32"] if precision == "fp16" else ["trt-fp32"]
-            art = open_artifact(engines, graph, kinds, target="trt", verify=verify)
-            if art.kind != f"trt-{engine_precision(art.spec, precision)}":
+            art = open_artifact(engines, graph, engine_kinds(precision), target="trt", verify=verify)
+            if precision is not None and art.kind != f"trt-{engine_precision(art.spec, precision)}":
                 raise BackendError(f"{engines} has no {precision} {graph} engine: build with --precision {precision}")
             check_expected(art, expect)
             self.artifacts[graph] = art

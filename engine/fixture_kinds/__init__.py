@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from engine.errors import InputError
+
 
 @dataclass
 class TensorCheck:
@@ -39,8 +41,26 @@ class TensorCheck:
 
 
 def read_config(fixture_dir: Path, kind: str) -> dict:
-    return json.loads((Path(fixture_dir) / f"{kind}_config.json").read_text())
+    """A kind's JSON config; any way of failing is one InputError naming the file."""
+    path = Path(fixture_dir) / f"{kind}_config.json"
+    try:
+        config = json.loads(path.read_text())
+    except OSError as err:
+        raise InputError(f"fixture config {path} cannot be read ({err.strerror or err})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        where = f" (line {err.lineno}, column {err.colno})" if isinstance(err, json.JSONDecodeError) else ""
+        raise InputError(f"fixture config {path} is not valid JSON{where}: copy it again") from None
+    if not isinstance(config, dict):
+        raise InputError(f"fixture config {path} is JSON but not an object: copy it again")
+    return config
 
 
 def read_tensors(fixture_dir: Path, filename: str) -> dict[str, torch.Tensor]:
-    return load_file(str(Path(fixture_dir) / filename))
+    """A fixture's safetensors file; a missing or damaged one is one InputError naming it."""
+    path = Path(fixture_dir) / filename
+    if not path.is_file():
+        raise InputError(f"fixture file {path} is missing: copy the fixture set again")
+    try:
+        return load_file(str(path))
+    except Exception:  # noqa: BLE001 - any reader failure means a damaged file
+        raise InputError(f"fixture file {path} is damaged (not a complete safetensors file): copy it again") from None

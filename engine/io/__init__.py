@@ -5,6 +5,7 @@ from engine.io.image import (
     MIN_SOURCE_SIDE,
     check_input_file,
     load_image,
+    read_rgb,
     side_by_side,
     square_crop_box,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "fit_square",
     "iter_video_frames",
     "load_image",
+    "read_rgb",
     "probe_video",
     "read_video",
     "side_by_side",

@@ -146,6 +146,20 @@ def load_image(path: str | Path, size: int) -> np.ndarray:
     (over ``MAX_SOURCE_PIXELS``).
     """
     check_size(size)
+    out = _read(path, size)
+    if out.shape != (size, size, 3):
+        raise AssertionError(f"internal error: expected {(size, size, 3)}, got {out.shape}")
+    return out
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """The whole image as ``uint8 [H, W, 3]`` RGB at its own size (oriented, 8-bit, alpha on white),
+    with the same checks as :func:`load_image`: what face alignment and paste-back work on."""
+    return _read(path, None)
+
+
+def _read(path: str | Path, size: int | None) -> np.ndarray:
+    """``size``: centre-crop and resize to ``size`` (decoding JPEGs at reduced scale); None: as stored."""
     p = check_input_file(path, "source image")
     with _open(p) as img:
         width, height = img.size
@@ -161,13 +175,13 @@ def load_image(path: str | Path, size: int) -> np.ndarray:
                 f"{MIN_SOURCE_SIDE} px to hold a usable face - use a larger portrait (512x512 works best)."
             )
         try:
-            if img.format == "JPEG":
+            if img.format == "JPEG" and size is not None:
                 # Scale-on-decode; Pillow only picks a scale that leaves both sides >= the request.
                 img.draft(None, (_DRAFT_MARGIN * size, _DRAFT_MARGIN * size))
             img.load()
             oriented = _exif_transpose(img)
             box = square_crop_box(*oriented.size)
-            if box != (0, 0, *oriented.size):
+            if size is not None and box != (0, 0, *oriented.size):
                 oriented = oriented.crop(box)
             rgb = _to_8bit_rgb(oriented)
         except MemoryError:
@@ -180,13 +194,10 @@ def load_image(path: str | Path, size: int) -> np.ndarray:
                 "re-export or re-download it, or use another image."
             ) from exc
         # Still inside the `with`: `rgb` may be `img` itself, whose pixels go away when it is closed.
-        if rgb.size != (size, size):
+        if size is not None and rgb.size != (size, size):
             rgb = rgb.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=_REDUCING_GAP)
         # np.array (not asarray) so the caller gets its own writeable buffer.
-        out = np.array(rgb, dtype=np.uint8)
-    if out.shape != (size, size, 3):
-        raise AssertionError(f"internal error: expected {(size, size, 3)}, got {out.shape}")
-    return out
+        return np.array(rgb, dtype=np.uint8)
 
 
 def _exif_transpose(img: Image.Image) -> Image.Image:

@@ -29,7 +29,7 @@ from engine.config import RunConfig
 from engine.errors import EngineError
 from engine.runtime.common import Noise, guidance_scales, timestep_for
 from engine.runtime.control import RunControl, StageTimer
-from engine.stages import MOTION_CHUNK, SourceFeatures, Stages, WindowInput, to_uint8
+from engine.stages import SourceFeatures, Stages, WindowInput, to_uint8
 
 _END = object()
 STALL_SECONDS = 2.0  # input and output queues both full this long: the caller is not reading results
@@ -171,26 +171,15 @@ class StreamRunner:
 
     # -- workers ----------------------------------------------------------------------------
     def _motion_worker(self) -> None:
-        """Frames -> head latents as soon as they arrive, up to MOTION_CHUNK frames per call."""
-        while True:
-            item = self.get(self.inputs)
-            batch = [item] if item is not _END else []
-            while item is not _END and len(batch) < MOTION_CHUNK:
-                try:
-                    item = self.inputs.get_nowait()
-                except queue.Empty:
-                    break
-                if item is not _END:
-                    batch.append(item)
-            if batch:
-                self.control.check()
-                frames = np.stack([frame for _, frame in batch])
-                with self.timer("motion"):
-                    heads = self.motion.run_pm1(conditioning.to_pm1(frames)).head_latents
-                for (index, _), head in zip(batch, heads, strict=True):
-                    self.put(self.heads_q, (index, head))
-            if item is _END:
-                return
+        """Each frame through the motion stage as soon as it arrives. One frame per call, never a
+        timing-dependent batch: batched convolutions round differently, and a stream's output must
+        not depend on how fast its frames came."""
+        while (item := self.get(self.inputs)) is not _END:
+            index, frame = item
+            self.control.check()
+            with self.timer("motion"):
+                head = self.motion.run_pm1(conditioning.to_pm1(frame[None])).head_latents[0]
+            self.put(self.heads_q, (index, head))
 
     def _denoise_worker(self) -> None:
         ended = False

@@ -1,0 +1,127 @@
+"""The session API: the README snippet as written, cached sources, cancellation that leaves nothing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from engine.api import EngineOptions, Reenactor, RunOptions
+from engine.errors import EngineError, InputError
+from engine.reenact import DEFAULT_DRIVING, DEFAULT_SOURCE
+from engine.runtime import Cancelled, RunControl
+
+
+@pytest.fixture(scope="module")
+def engine() -> Reenactor:
+    return Reenactor.from_preset("tiny")
+
+
+def count_frames(path: Path) -> int:
+    with av.open(str(path)) as c:
+        return sum(1 for _ in c.decode(c.streams.video[0]))
+
+
+def test_the_readme_snippet_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shutil.copy(DEFAULT_SOURCE, tmp_path / "face.png")
+    shutil.copy(DEFAULT_DRIVING, tmp_path / "drive.mp4")
+    monkeypatch.chdir(tmp_path)
+    from engine import Reenactor  # the package-level name
+
+    r = Reenactor.from_preset("tiny")
+    src = r.set_source("face.png")
+    video = r.render(src, "drive.mp4", out="out.mp4")
+    assert video.out == Path("out.mp4") and count_frames(Path("out.mp4")) == video.num_frames == 28
+    assert json.loads(Path("out.json").read_text())["sampler"]["steps"] == 25
+    frames = av.open("drive.mp4")
+    with r.stream(src) as s:
+        outs = []
+        for f in frames.decode(video=0):
+            s.push(f.to_ndarray(format="rgb24"))
+            outs += s.ready()
+        s.end()
+        outs += list(s.results())
+    frames.close()
+    assert [o.index for o in outs] == list(range(28))
+    assert all(o.frame.shape == (128, 128, 3) and o.frame.dtype == np.uint8 and o.latency > 0 for o in outs)
+    r.close()
+
+
+def test_set_source_is_cached_by_content(engine: Reenactor) -> None:
+    a = engine.set_source(DEFAULT_SOURCE)
+    b = engine.set_source(np.array(a.image))
+    assert a is b
+
+
+def _no_leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_render_cancellation_leaves_no_output(engine: Reenactor, tmp_path: Path) -> None:
+    control = RunControl()
+    seen = []
+
+    def progress(stage: str, done: int, total: int) -> None:
+        seen.append(stage)
+        if stage == "denoise":
+            control.cancel()
+
+    control.progress = progress
+    with pytest.raises(Cancelled):
+        engine.render(DEFAULT_SOURCE, DEFAULT_DRIVING, tmp_path / "out.mp4", options=RunOptions(steps=3),
+                      control=control)
+    assert "denoise" in seen and "decode" not in seen
+    assert _no_leftovers(tmp_path) == []
+
+
+def test_render_cancelled_while_writing_leaves_no_output(engine: Reenactor, tmp_path: Path) -> None:
+    control = RunControl()
+    control.progress = lambda stage, done, total: control.cancel() if stage == "decode" else None
+    with pytest.raises(Cancelled):
+        engine.render(DEFAULT_SOURCE, DEFAULT_DRIVING, tmp_path / "out.mp4", options=RunOptions(steps=1),
+                      control=control)
+    assert _no_leftovers(tmp_path) == []
+
+
+def test_stream_cancellation_stops_results_and_frees_the_engine(engine: Reenactor) -> None:
+    control = RunControl()
+    frames = np.zeros((20, 128, 128, 3), np.uint8)
+    with engine.stream(DEFAULT_SOURCE, RunOptions(steps=1), control) as s:
+        for f in frames:
+            s.push(f)
+        control.cancel()
+        s.end()
+        with pytest.raises(Cancelled):
+            list(s.results())
+    # the engine's lock was released: another run works
+    assert engine.render(DEFAULT_SOURCE, frames[:3], options=RunOptions(steps=1)).frames.shape == (3, 128, 128, 3)
+
+
+def test_bad_options_are_one_clear_error(engine: Reenactor) -> None:
+    with pytest.raises(InputError, match="finite"):
+        engine.render(DEFAULT_SOURCE, DEFAULT_DRIVING, options=RunOptions(guidance=float("nan")))
+    with pytest.raises(InputError, match="steps"):
+        engine.run_config(RunOptions(steps=0))
+    with pytest.raises(InputError, match="preset"):
+        Reenactor.from_preset("huge")
+    with pytest.raises(InputError, match="multiple of 64"):
+        Reenactor.from_preset("tiny", EngineOptions(size=100))
+    with pytest.raises(EngineError, match="official"):
+        Reenactor.from_preset("official")
+
+
+def test_networks_built_for_one_time_context_refuse_another() -> None:
+    from dataclasses import replace
+
+    from engine.backends import BackendError, create_backend
+    from engine.networks import load_preset
+
+    r = Reenactor.from_preset("tiny")
+    _, _, nets = load_preset("tiny", None, 0, "fixed")
+    cfg = replace(r.cfg, sampler=replace(r.cfg.sampler, time_context="release"))
+    with pytest.raises(BackendError, match="time context"):
+        create_backend("torch", cfg, nets=nets)
