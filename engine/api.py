@@ -440,7 +440,7 @@ def _write_with_sidecar(path: Path, frames: Iterator[np.ndarray], rate: Fraction
         tmp.write_text(json.dumps(asdict(cfg), indent=2, sort_keys=True, default=str))
         t0 = time.perf_counter()
         write_video(path, timed(), rate, audio_from=audio)
-        timer.seconds["write"] = time.perf_counter() - t0 - waited
+        timer.add("write", time.perf_counter() - t0 - waited)
         try:
             os.replace(tmp, sidecar)
         except OSError:

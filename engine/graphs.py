@@ -78,13 +78,46 @@ class MotionGraph(nn.Module):
         return info.pitch, info.yaw, info.roll, info.t, info.exp, info.scale, info.kp
 
 
+@functools.lru_cache(maxsize=16)
+def antialias_weights(in_size: int, out_size: int) -> tuple[tuple[float, ...], ...]:
+    """[out, in] weights of torch's antialiased bilinear downscale (``F.interpolate(mode="bilinear",
+    antialias=True, align_corners=False)``, ATen's ``upsample_bilinear2d_aa``) along one axis:
+    a triangle filter widened by the scale, each row normalised. Plain Python, so under export the
+    matrix is a constant."""
+    scale = in_size / out_size
+    support = scale if scale >= 1.0 else 1.0
+    inv = 1.0 / scale if scale >= 1.0 else 1.0
+    rows = []
+    for i in range(out_size):
+        center = scale * (i + 0.5)
+        lo = max(int(center - support + 0.5), 0)
+        hi = min(int(center + support + 0.5), in_size)
+        w = [max(0.0, 1.0 - abs((j + lo - center + 0.5) * inv)) for j in range(hi - lo)]
+        total = sum(w)
+        row = [0.0] * in_size
+        for j, wj in enumerate(w):
+            row[lo + j] = wj / total if total else 0.0
+        rows.append(tuple(row))
+    return tuple(rows)
+
+
 def fit_trunk_to_latents(trunk: torch.Tensor, side: int | None) -> torch.Tensor:
     """The release renders only at the size where LivePortrait's trunk grid equals the latent
     grid (512 -> 64x64). At other sizes the trunk is resized to the latent grid; at the native
-    size this is a no-op, so the release's numbers are untouched."""
+    size this is a no-op, so the release's numbers are untouched.
+
+    A downscale is antialiased. It is written as two matrix products with torch's own filter
+    weights (``antialias_weights``) instead of ``Resize(antialias=1)``, which TensorRT's ONNX
+    parser rejects; onnxruntime and TensorRT both run MatMul, and the values equal
+    ``F.interpolate(..., antialias=True)`` up to float rounding (tests/test_gpu_fallbacks.py)."""
     if side is None or tuple(trunk.shape[-2:]) == (side, side):
         return trunk
-    return F.interpolate(trunk, size=(side, side), mode="bilinear", antialias=trunk.shape[-1] > side)
+    height, width = trunk.shape[-2:]
+    if height <= side and width <= side:  # upscale: plain bilinear Resize, which every target runs
+        return F.interpolate(trunk, size=(side, side), mode="bilinear", antialias=False)
+    rows = torch.tensor(antialias_weights(int(height), side), dtype=trunk.dtype, device=trunk.device)
+    cols = torch.tensor(antialias_weights(int(width), side), dtype=trunk.dtype, device=trunk.device)
+    return rows @ trunk @ cols.T
 
 
 class WarpGraph(nn.Module):

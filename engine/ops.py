@@ -156,7 +156,9 @@ def cuda_kernel_problem() -> str | None:
     status = check(ctypes.byref(runtime), ctypes.byref(driver), ctypes.byref(devices))
     if status == 0:
         return None
-    if devices.value == 0 and driver.value:
+    if driver.value == 0:
+        _cuda_problem = f"no NVIDIA driver was found, so {LIB_NAME}'s CUDA kernel cannot run"
+    elif devices.value == 0:
         _cuda_problem = f"{LIB_NAME}'s CUDA kernel sees no CUDA device (driver supports CUDA {_version(driver.value)})"
     elif driver.value < runtime.value:
         _cuda_problem = (

@@ -6,6 +6,11 @@
 #   bash scripts/setup.sh --cuda [TAG]     # CUDA torch from PyTorch's wheel index, TAG default cu128
 #   FRVD_TORCH=cu126 bash scripts/setup.sh # the same, chosen by variable (cpu | cuXYZ)
 #
+#   bash scripts/setup.sh --ort gpu        # onnxruntime-gpu (CUDA/TensorRT EPs) instead of onnxruntime
+#   FRVD_ORT=gpu FRVD_EXTRAS=trt bash scripts/setup.sh   # the same by variable, plus TensorRT
+#
+# onnxruntime and onnxruntime-gpu provide the same `onnxruntime` module and cannot coexist: the
+# chosen one comes from the package's [cpu] or [gpu] extra and the other is uninstalled first.
 # TAG is the CUDA version of PyTorch's wheels (cu126, cu128, cu130, ...): pick one the GPU driver
 # supports (`nvidia-smi` shows the newest CUDA the driver runs). Re-running with another choice
 # replaces the installed torch.
@@ -14,14 +19,16 @@ cd "$(dirname "$0")/.."
 
 TORCH_VERSION=2.13.0
 TORCH_BUILD=${FRVD_TORCH:-cpu}
+ORT=${FRVD_ORT:-cpu}
 while [ $# -gt 0 ]; do
   case "$1" in
     --cuda)
       TORCH_BUILD=cu128
       if [ $# -gt 1 ] && [[ "$2" == cu* ]]; then TORCH_BUILD=$2; shift; fi ;;
     --cpu) TORCH_BUILD=cpu ;;
-    -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "error: unknown option '$1' (use --cuda [TAG] or --cpu; see --help)" >&2; exit 2 ;;
+    --ort) ORT=${2:-}; shift ;;
+    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "error: unknown option '$1' (use --cuda [TAG], --cpu or --ort cpu|gpu; see --help)" >&2; exit 2 ;;
   esac
   shift
 done
@@ -29,6 +36,13 @@ if [[ ! "$TORCH_BUILD" =~ ^(cpu|cu[0-9]{3})$ ]]; then
   echo "error: FRVD_TORCH must be 'cpu' or a CUDA tag such as 'cu128', not '$TORCH_BUILD'" >&2
   exit 2
 fi
+
+case "$ORT" in
+  cpu) ORT_OTHER=onnxruntime-gpu ;;
+  gpu) ORT_OTHER=onnxruntime ;;
+  *) echo "error: --ort / FRVD_ORT must be 'cpu' or 'gpu', not '$ORT'" >&2; exit 2 ;;
+esac
+EXTRAS="dev,$ORT${FRVD_EXTRAS:+,$FRVD_EXTRAS}"
 
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
@@ -50,7 +64,10 @@ else
     --index-url "https://download.pytorch.org/whl/$TORCH_BUILD"
   python -c "import torch, sys; sys.exit(0 if torch.version.cuda else 'error: the installed torch has no CUDA')"
 fi
-python -m pip install -q -e '.[dev]'
+if python -m pip show -q "$ORT_OTHER" >/dev/null 2>&1; then
+  python -m pip uninstall -q -y "$ORT_OTHER"  # it would shadow, or be shadowed by, the chosen wheel
+fi
+python -m pip install -q -e ".[$EXTRAS]"
 if [ -f scripts/build_kernels.sh ]; then
   bash scripts/build_kernels.sh
 fi

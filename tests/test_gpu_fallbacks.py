@@ -179,3 +179,31 @@ def test_built_library_exports_the_probe() -> None:
     status = lib.frvd_cuda_check(ctypes.byref(runtime), ctypes.byref(driver), ctypes.byref(devices))
     if not torch.cuda.is_available():  # here: no GPU, so never OK
         assert status in (ops.FRVD_ERR_CUDA, ops.FRVD_ERR_NO_CUDA) and devices.value == 0
+
+
+# ------------------------------------------------------------------------- TensorRT-friendly resize
+
+
+@pytest.mark.parametrize(("size", "side"), [(64, 32), (64, 48), (64, 40), (60, 7), (32, 48)])
+def test_trunk_resize_matches_torch_antialias(size: int, side: int) -> None:
+    from engine.graphs import fit_trunk_to_latents
+
+    x = torch.randn(3, 5, size, size)
+    ref = F.interpolate(x, size=(side, side), mode="bilinear", antialias=size > side)
+    torch.testing.assert_close(fit_trunk_to_latents(x, side), ref, rtol=0, atol=2e-5)
+
+
+def test_trunk_resize_exports_without_antialiased_resize(tmp_path: Path) -> None:
+    import onnx
+
+    from engine.graphs import fit_trunk_to_latents
+
+    class Fit(torch.nn.Module):
+        def forward(self, trunk: torch.Tensor) -> torch.Tensor:
+            return fit_trunk_to_latents(trunk, 40)
+
+    program = torch.onnx.export(Fit(), (torch.randn(2, 4, 64, 64),), dynamo=True, optimize=False, verbose=False)
+    program.save(str(tmp_path / "fit.onnx"))
+    model = onnx.load(str(tmp_path / "fit.onnx"))
+    resizes = [n for n in model.graph.node if n.op_type == "Resize"]
+    assert not any(a.name == "antialias" and a.i for n in resizes for a in n.attribute)

@@ -53,28 +53,50 @@ class RunControl:
 
 
 class StageTimer:
-    """Seconds per stage, summed over calls. On a GPU the device is synchronised before each
-    clock reading, so a stage's time includes its kernels and not only their launches."""
+    """Seconds per stage, summed over calls, from any thread.
+
+    On a GPU a host clock would time only kernel launches, so there each interval is a pair of
+    CUDA events recorded on the current stream (no host synchronisation on the hot path); they are
+    resolved, with one synchronisation, when ``seconds`` is read.
+    """
 
     def __init__(self, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
-        self.seconds: dict[str, float] = {}
+        self._seconds: dict[str, float] = {}
+        self._events: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
         self._lock = threading.Lock()
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
 
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
-        self._sync()
-        start = time.perf_counter()
+        if self.device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            try:
+                yield
+            finally:
+                end.record()
+                with self._lock:
+                    self._events.append((stage, start, end))
+            return
+        t0 = time.perf_counter()
         try:
             yield
         finally:
-            self._sync()
-            with self._lock:
-                self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+            self.add(stage, time.perf_counter() - t0)
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self._seconds[stage] = self._seconds.get(stage, 0.0) + seconds
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        with self._lock:
+            events, self._events = self._events, []
+        for stage, start, end in events:
+            end.synchronize()
+            self.add(stage, start.elapsed_time(end) / 1000.0)
+        with self._lock:
+            return dict(self._seconds)
 
 
 def prefetch(items: Iterator[T], control: RunControl, depth: int) -> Iterator[T]:
