@@ -13,8 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL
-from transformers import CLIPVisionModelWithProjection
 
 CLIP_SIZE = (224, 224)
 
@@ -86,26 +84,6 @@ def clip_pixels(reference_u8: np.ndarray, mean: list[float], std: list[float]) -
     mean_t = torch.tensor(mean, dtype=torch.float32)[:, None, None]
     std_t = torch.tensor(std, dtype=torch.float32)[:, None, None]
     return (x - mean_t) / std_t
-
-
-@torch.no_grad()
-def encode_clip(image_encoder: CLIPVisionModelWithProjection, pixels: torch.Tensor) -> torch.Tensor:
-    """[1, 3, 224, 224] -> [2, 1, D]: zeros (unconditional) then the image embedding."""
-    param = next(image_encoder.parameters())
-    embeds = image_encoder(pixels.to(param.device, param.dtype)).image_embeds[:, None]
-    return torch.cat([torch.zeros_like(embeds), embeds])
-
-
-@torch.no_grad()
-def encode_vae_condition(
-    vae: AutoencoderKL, reference_u8: np.ndarray, noise: torch.Tensor, noise_aug_strength: float
-) -> torch.Tensor:
-    """[2, 4, h, w]: zeros then mode(q(z | source + strength * noise)), unscaled (release habit)."""
-    param = next(vae.parameters())
-    image = pil_like_tensor(reference_u8) * 2.0 - 1.0
-    image = image + noise_aug_strength * noise.to(image.dtype)
-    latents = vae.encode(image.to(param.device, param.dtype)).latent_dist.mode()
-    return torch.cat([torch.zeros_like(latents), latents])
 
 
 def added_time_ids(fps: int, motion_bucket_id: int, noise_aug_strength: float) -> torch.Tensor:

@@ -14,6 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# One definition of each runtime constant that several modules use.
+MOTION_CHUNK = 16  # driving frames per warp call (LivePortrait's chunk): bounded memory
+DECODE_CHUNK = 8  # frames per VAE decoder call
+VAE_SCALE = 0.18215  # SD VAE scaling factor, when a VAE config does not carry its own
+
 SVD_XT_SCHEDULER: dict[str, Any] = {
     "_class_name": "EulerDiscreteScheduler",
     "beta_end": 0.012,

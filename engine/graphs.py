@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.config import ModelConfig
+from engine.config import DECODE_CHUNK, MOTION_CHUNK, ModelConfig
 from engine.graph_spec import Dim, GraphSpec, TensorSpec, random_tensor
 from engine.models.liveportrait.motion_branch import INPUT_SIZE as LP_INPUT  # LivePortrait always runs at 256x256
 from engine.motion import refine_kp_info
@@ -44,8 +44,8 @@ class GraphOptions:
     window: int = 14  # frames per denoiser window
     max_windows: int = 4  # windows per denoiser call (each brings its CFG pair)
     opt_windows: int = 1
-    motion_chunk: int = 16  # driving frames per warp call (the pipeline's chunk)
-    max_decode: int = 8  # frames per VAE decoder call
+    motion_chunk: int = MOTION_CHUNK  # driving frames per warp call (the motion stage's chunk)
+    max_decode: int = DECODE_CHUNK  # frames per VAE decoder call
     grid_sample: str = "onnx20"  # onnx20 (onnxruntime), custom (TensorRT plugin), decomposed (plugin-free)
     time_context: str = "release"
 

@@ -10,7 +10,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from engine.config import ModelConfig
+from engine.config import VAE_SCALE, ModelConfig
 
 _SVD_UNET_TYPES: dict[str, Any] = {
     "in_channels": 8,
@@ -55,7 +55,7 @@ def official() -> ModelConfig:
         "latent_channels": 4,
         "norm_num_groups": 32,
         "sample_size": 256,
-        "scaling_factor": 0.18215,
+        "scaling_factor": VAE_SCALE,
     }
     clip_vision = {  # SVD-xt image_encoder: OpenCLIP ViT-H/14
         "hidden_size": 1280,
@@ -142,7 +142,7 @@ def tiny() -> ModelConfig:
         "latent_channels": 4,
         "norm_num_groups": 32,
         "sample_size": 64,
-        "scaling_factor": 0.18215,
+        "scaling_factor": VAE_SCALE,
     }
     clip_vision = {
         "hidden_size": 32,

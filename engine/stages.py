@@ -22,12 +22,9 @@ import torch
 
 from engine import conditioning
 from engine.backends import Backend
-from engine.config import RunConfig
+from engine.config import DECODE_CHUNK, MOTION_CHUNK, VAE_SCALE, RunConfig
 from engine.models.liveportrait.motion_branch import to_model_input
 from engine.motion import DrivingKeypoints, KeypointInfo, absolute_motion, relative_motion, transform_keypoint
-
-MOTION_CHUNK = 16  # driving frames per warp call: LivePortrait's chunk, bounded memory
-DECODE_CHUNK = 8  # frames per VAE decoder call (the graph spec's max_decode)
 
 
 def float32_region(device: torch.device) -> torch.autocast:
@@ -256,7 +253,7 @@ class DecodeStage:
     def __init__(self, backend: Backend, cfg: RunConfig) -> None:
         self.backend = backend
         self.dtype = getattr(torch, cfg.dtype)
-        self.scale = 1 / cfg.model.vae.get("scaling_factor", 0.18215)
+        self.scale = 1 / cfg.model.vae.get("scaling_factor", VAE_SCALE)
         self.per_call = min(DECODE_CHUNK, backend.max_dim("vae_decoder", "frames") or DECODE_CHUNK)
 
     @torch.no_grad()

@@ -21,7 +21,7 @@ class Denoiser(nn.Module):
     def parts(
         self,
         sample: torch.Tensor,  # [B, F, 8, h, w]
-        timestep: torch.Tensor,  # 0-d
+        timestep: torch.Tensor,  # 0-d or [B]: one per row
         encoder_hidden_states: torch.Tensor,  # [B, 1, D]
         added_time_ids: torch.Tensor,  # [B, 3]
         head_latents: torch.Tensor,  # [B*F, c0, h, w]
@@ -39,14 +39,3 @@ class Denoiser(nn.Module):
             mid_block_additional_residual=mid,
         )
         return unet_out, infofill
-
-    def forward(
-        self,
-        sample: torch.Tensor,
-        timestep: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
-        added_time_ids: torch.Tensor,
-        head_latents: torch.Tensor,
-    ) -> torch.Tensor:
-        unet_out, infofill = self.parts(sample, timestep, encoder_hidden_states, added_time_ids, head_latents)
-        return unet_out + infofill
