@@ -5,6 +5,14 @@ x = x0 + sigma * eps; its input is scaled by 1/sqrt(sigma^2 + 1) and it is condi
 c_noise = 0.25 * ln(sigma). A sampler is a whole loop ``sample_X(model_fn, x, sigmas, callback)``
 over a ``model_fn(x, sigma) -> denoised`` that the runtime builds (window blending and guidance
 inside); no step counter lives anywhere else, so the same model_fn serves every solver.
+
+Schedules and solvers are chosen separately (``make_schedule(sampler, steps, cfg, schedule)``):
+
+    release   Karras sigmas (rho 7) between the scheduler config's sigma_min/sigma_max
+              (SVD-xt: 0.002 .. 700), diffusers' EulerDiscreteScheduler; the release's schedule
+    karras    Karras sigmas (rho 7) between the smallest and largest *training* noise levels
+              (0.029 .. 14.6 for SVD's betas), as k-diffusion and diffusers' DPM-Solver use them
+    leading   the DDPM training noise levels at 'leading'-spaced timesteps (the paper's DDIM)
 """
 
 from __future__ import annotations
@@ -37,19 +45,29 @@ def _train_sigmas(cfg: dict[str, Any]) -> np.ndarray:
     return ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
 
 
-def karras_schedule(steps: int, cfg: dict[str, Any], rho: float = 7.0) -> Schedule:
-    """SVD-xt's Euler schedule: Karras sigmas between sigma_min and sigma_max, then 0."""
+def _karras(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> Schedule:
     if steps < 1:
         raise ValueError("steps must be >= 1")
-    train = _train_sigmas(cfg)
-    sigma_min = cfg.get("sigma_min") or float(train[0])
-    sigma_max = cfg.get("sigma_max") or float(train[-1])
     ramp = np.linspace(0, 1, steps)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     sigmas = (hi + ramp * (lo - hi)) ** rho
     timesteps = np.array([0.25 * np.log(s) for s in sigmas])
     sigmas_t = torch.cat([torch.from_numpy(sigmas).float(), torch.zeros(1)])
     return Schedule(sigmas=sigmas_t, timesteps=torch.from_numpy(timesteps).float())
+
+
+def karras_schedule(steps: int, cfg: dict[str, Any], rho: float = 7.0) -> Schedule:
+    """The release's schedule (SVD-xt's Euler): Karras sigmas between the config's sigma_min and
+    sigma_max (the training range where the config gives none), then 0."""
+    train = _train_sigmas(cfg)
+    return _karras(steps, cfg.get("sigma_min") or float(train[0]), cfg.get("sigma_max") or float(train[-1]), rho)
+
+
+def karras_train_schedule(steps: int, cfg: dict[str, Any], rho: float = 7.0) -> Schedule:
+    """Karras sigmas over the training noise levels (k-diffusion's ``get_sigmas_karras(n,
+    model.sigma_min, model.sigma_max)``, diffusers' ``use_karras_sigmas`` for DPM-Solver)."""
+    train = _train_sigmas(cfg)
+    return _karras(steps, float(train[0]), float(train[-1]), rho)
 
 
 def ddim_schedule(steps: int, cfg: dict[str, Any]) -> Schedule:
@@ -67,12 +85,22 @@ def ddim_schedule(steps: int, cfg: dict[str, Any]) -> Schedule:
     return Schedule(sigmas=sigmas_t, timesteps=torch.from_numpy(timesteps).float())
 
 
-def make_schedule(sampler: str, steps: int, cfg: dict[str, Any]) -> Schedule:
-    if sampler == "euler":
-        return karras_schedule(steps, cfg)
-    if sampler == "ddim":
-        return ddim_schedule(steps, cfg)
-    raise ValueError(f"unknown sampler {sampler!r}; choose 'euler' or 'ddim'")
+SCHEDULES: dict[str, Callable[[int, dict[str, Any]], Schedule]] = {
+    "release": karras_schedule,
+    "karras": karras_train_schedule,
+    "leading": ddim_schedule,
+}
+# the schedule each solver gets when none is named: the release's Euler keeps its own, DDIM the paper's
+DEFAULT_SCHEDULE = {"euler": "release", "heun": "release", "dpmpp_2m": "release", "ddim": "leading"}
+
+
+def make_schedule(sampler: str, steps: int, cfg: dict[str, Any], schedule: str | None = None) -> Schedule:
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    name = schedule or DEFAULT_SCHEDULE[sampler]
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+    return SCHEDULES[name](steps, cfg)
 
 
 def scale_model_input(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -106,6 +134,54 @@ def sample_euler(model_fn: ModelFn, x: torch.Tensor, sigmas: torch.Tensor, callb
     return x
 
 
+def sample_heun(model_fn: ModelFn, x: torch.Tensor, sigmas: torch.Tensor, callback: Callback | None = None
+                ) -> torch.Tensor:
+    """Heun's second-order method (Karras et al. 2022, Alg. 1, s_churn = 0; k-diffusion's
+    ``sample_heun``): an Euler predictor to sigma_next, corrected with the slope there; the last
+    step (to sigma = 0) stays Euler. 2 * steps - 1 model evaluations."""
+    x = x.float()
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = model_fn(x, sigma).float()
+        d = (x - denoised) / sigma
+        dt = sigma_next - sigma
+        if sigma_next == 0:
+            x = x + d * dt
+        else:
+            x_2 = x + d * dt
+            d_2 = (x_2 - model_fn(x_2, sigma_next).float()) / sigma_next
+            x = x + (d + d_2) / 2 * dt
+        if callback is not None:
+            callback(i, x, sigma, denoised)
+    return x
+
+
+def sample_dpmpp_2m(model_fn: ModelFn, x: torch.Tensor, sigmas: torch.Tensor, callback: Callback | None = None
+                    ) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022; k-diffusion's ``sample_dpmpp_2m``): a multistep
+    second-order solver in t = -ln(sigma), first order on the first step and on the last (to 0)."""
+    x = x.float()
+    old_denoised: torch.Tensor | None = None
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = model_fn(x, sigma).float()
+        if sigma_next == 0:
+            x = denoised  # the exponential integrator's limit: exp(-h) -> 0
+        else:
+            t, t_next = -sigma.log(), -sigma_next.log()
+            h = t_next - t
+            if old_denoised is None:
+                estimate = denoised
+            else:
+                r = (t - (-sigmas[i - 1].log())) / h
+                estimate = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
+            x = (sigma_next / sigma) * x - torch.expm1(-h) * estimate
+        old_denoised = denoised
+        if callback is not None:
+            callback(i, x, sigma, denoised)
+    return x
+
+
 def sample_ddim(model_fn: ModelFn, x: torch.Tensor, sigmas: torch.Tensor, callback: Callback | None = None
                 ) -> torch.Tensor:
     """Deterministic DDIM (eta = 0): re-noise each x0 estimate with the current eps to sigma_next.
@@ -124,5 +200,20 @@ def sample_ddim(model_fn: ModelFn, x: torch.Tensor, sigmas: torch.Tensor, callba
     return x
 
 
-SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"euler": sample_euler, "ddim": sample_ddim}
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
+    "euler": sample_euler, "heun": sample_heun, "dpmpp_2m": sample_dpmpp_2m, "ddim": sample_ddim,
+}
 
+
+def eval_sigmas(sampler: str, sigmas: torch.Tensor) -> list[float]:
+    """The noise level of every model evaluation a solver makes, in order (its NFE sequence):
+    what the runtime's per-evaluation plan (guidance, WFM reuse) and the cost model count."""
+    levels = [float(s) for s in sigmas[:-1]]
+    if sampler != "heun":
+        return levels
+    out: list[float] = []
+    for i, s in enumerate(levels):
+        out.append(s)
+        if float(sigmas[i + 1]) > 0:
+            out.append(float(sigmas[i + 1]))  # the corrector's evaluation at sigma_next
+    return out

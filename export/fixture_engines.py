@@ -8,7 +8,6 @@ exact mode on onnxruntime.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from engine.backends import Backend
 from engine.backends.ort_backend import OrtBackend
@@ -18,13 +17,10 @@ from engine.networks import Networks
 from export.build import BuildConfig, Builder, summary
 from export.sources import from_networks
 
-if TYPE_CHECKING:
-    
 
 def onnxruntime_factory(engines: Path, fixture_dir: Path, window_batch: int = 1, quiet: bool = True):
     """``backend_factory`` that exports the fixture networks' graphs into ``engines`` (cached) and
     returns an onnxruntime backend over them; builds with a failing graph stop before the run."""
-    from engine.pipeline import ReenactPipeline  # the pipeline module the fixture kind runs
 
     def factory(nets: Networks, run_cfg: RunConfig) -> Backend:
         tc = run_cfg.sampler.time_context
