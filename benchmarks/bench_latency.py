@@ -122,7 +122,8 @@ def peak_rss_mb(mode: str, preset: str, clip: Path, steps: int) -> float:
     """Peak RSS of a fresh process that renders or streams ``clip`` (no output file kept)."""
     code = (
         f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
-        f"from benchmarks.bench_latency import _memory_child; _memory_child({mode!r}, {preset!r}, {str(clip)!r}, {steps})\n"
+        "from benchmarks.bench_latency import _memory_child\n"
+        f"_memory_child({mode!r}, {preset!r}, {str(clip)!r}, {steps})\n"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, capture_output=True, text=True)
     return float(out.stdout.strip().splitlines()[-1])
