@@ -5,7 +5,16 @@ pipeline feeds it, inside ``torch.utils.flop_counter.FlopCounterMode``; the per-
 multiplied by how often ``ReenactPipeline`` calls each network for a clip of N frames and turned into
 compute floors on reference GPUs.
 
-    python benchmarks/count_flops.py [--preset official] [--frames 100] [--size 512] [--steps 25] [--json out.json]
+    python benchmarks/count_flops.py [--preset official] [--frames 100] [--size 512] [--json out.json]
+        [--mode exact|fast|turbo] [--steps N] [--sampler S] [--schedule S] [--guidance-mode G]
+        [--wfm-every K] [--overlap N] [--kv-downsample 1|2] [--stream]
+
+A mode (engine.modes) fixes how often each denoiser graph runs: CFG pairs or conditional rows only
+(guidance strategy), the WFM at every evaluation or every k-th (WFM reuse), the solver's number of
+model evaluations (Heun: 2 per step but the last), the window count (overlap; ``--stream``: the
+causal stream's windows), and the WFM's full-attention cost (``--kv-downsample``). Each knob given
+overrides the mode's value. ``tests/test_count_flops.py`` checks the prediction against
+FlopCounterMode's count of a real tiny run in several modes (within 1 %).
 
 Conventions: one multiply-add = 2 FLOPs; FlopCounterMode counts matmul, convolution and attention ops
 only (norms, activations, softmax, grid_sample and other elementwise work are not counted), so the floors
@@ -15,25 +24,28 @@ are compute-bound lower limits, not predictions.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers.models.attention_processor import Attention
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from engine import presets
-from engine.config import ModelConfig, SamplerConfig, WindowConfig
+from engine import modes, presets, sampling
+from engine.approx import kv_downsample, pooled_tokens
+from engine.config import SVD_XT_SCHEDULER, ModelConfig, SamplerConfig, WindowConfig
 from engine.models.liveportrait.motion_branch import INPUT_SIZE as LIVEPORTRAIT_SIZE  # F and M run at 256x256
+from engine.models.svd_blocks import FullTemporalTransformer
 from engine.networks import Networks, build_networks
 from engine.ops import grid_sample_impl
+from engine.runtime.stream import CausalWindows
 from engine.windows import window_indices
 
 CFG_BATCH = 2  # the release evaluates every window as one [uncond, cond] pair
@@ -130,27 +142,30 @@ def _num_kp(model: ModelConfig) -> int:
     return int(model.liveportrait["motion_extractor_params"].get("num_kp", 21))
 
 
-def _attention_hooks(module: nn.Module, records: list[dict[str, Any]]) -> list[Any]:
-    """Forward hooks on every attention inside ``fullattentions`` that log its analytic core FLOPs."""
+def _attention_hooks(module: nn.Module, records: list[dict[str, Any]], kv: int = 1) -> list[Any]:
+    """Forward hooks on every full spatio-temporal transformer that log the analytic core FLOPs of
+    its self-attentions (from the shapes: the attention forward itself may be a lean function)."""
     handles = []
     for name, sub in module.named_modules():
-        if ".fullattentions." not in f".{name}" or not isinstance(sub, Attention):
+        if not isinstance(sub, FullTemporalTransformer):
             continue
 
-        def hook(mod: Attention, args: tuple, kwargs: dict, _out: Any, name: str = name) -> None:
-            query = args[0] if args else kwargs["hidden_states"]
-            context = kwargs.get("encoder_hidden_states")
-            batch, lq = query.shape[0], query.shape[1]
-            lk = lq if context is None else context.shape[1]
-            heads = mod.heads
-            head_dim = mod.to_q.out_features // heads
-            # Q K^T and P V: 2 matmuls of B*heads*(Lq x d x Lk) multiply-adds each = 4*B*h*Lq*Lk*d FLOPs
-            records.append(
-                {"module": name, "batch": batch, "tokens": lq, "heads": heads, "head_dim": head_dim,
-                 "flops": 4 * batch * heads * lq * lk * head_dim}
-            )  # fmt: skip
+        def hook(mod: nn.Module, args: tuple, _out: Any, name: str = name) -> None:
+            hidden, indicator = args[0], args[1]
+            frames, h, w = int(indicator.shape[-1]), int(hidden.shape[-2]), int(hidden.shape[-1])
+            batch, lq = int(indicator.shape[0]), frames * h * w
+            lk = pooled_tokens(lq, frames, h, w, kv)
+            for i, block in enumerate(mod.transformer_blocks):
+                heads = block.attn1.heads
+                head_dim = block.attn1.to_q.out_features // heads
+                # Q K^T and P V: 2 matmuls of B*heads*(Lq x d x Lk) multiply-adds each = 4*B*h*Lq*Lk*d FLOPs
+                records.append(
+                    {"module": f"{name}.transformer_blocks.{i}.attn1", "batch": batch, "tokens": lq,
+                     "kv_tokens": lk, "heads": heads, "head_dim": head_dim,
+                     "flops": 4 * batch * heads * lq * lk * head_dim}
+                )  # fmt: skip
 
-        handles.append(sub.register_forward_hook(hook, with_kwargs=True))
+        handles.append(sub.register_forward_hook(hook))
     return handles
 
 
@@ -168,10 +183,12 @@ def full_attention_flops(count: Count) -> tuple[int, int, list[str]]:
     return core, modules, sorted(ops_seen)
 
 
-def measure(model: ModelConfig, nets: Networks, shapes: Shapes) -> dict[str, Any]:
-    """FLOPs per call of every network, plus the WFM's full-attention breakdown."""
+def measure(model: ModelConfig, nets: Networks, shapes: Shapes, kv: int = 1) -> dict[str, Any]:
+    """FLOPs per call of every network, plus the WFM's full-attention breakdown. The WFM and the UNet
+    are counted for a CFG pair (``wfm``, ``unet``) and for one conditional row (``wfm_cond``,
+    ``unet_cond``); ``kv`` > 1 counts the WFM with pooled keys/values (engine.approx)."""
     lp, trunk = LIVEPORTRAIT_SIZE, model.trunk_channels
-    b, t, h = shapes.cfg_batch, shapes.window, shapes.latent
+    b, h = shapes.cfg_batch, shapes.latent
     per_call: dict[str, int] = {}
     out: dict[str, Any] = {"per_call": per_call}
     with torch.device("meta"), torch.no_grad(), grid_sample_impl("torch"):
@@ -196,22 +213,38 @@ def measure(model: ModelConfig, nets: Networks, shapes: Shapes) -> dict[str, Any
                 f"the pipeline only runs at the preset's native size ({model.image_size})"
             )
 
-        # One denoiser call: one window's CFG pair, as ReenactPipeline.predict_noise builds it.
-        sample = torch.empty(b, t, model.unet.get("in_channels", 8), h, h)
-        timestep = torch.empty(())
-        context = torch.empty(b, 1, _cross_attention_dim(model))
-        time_ids = torch.empty(b, 3)
-        head_latents = torch.empty(b * t, model.latent_channels, h, h)
-        records: list[dict[str, Any]] = []
-        handles = _attention_hooks(nets.denoiser.wfm, records)
-        try:
-            c, (down, mid, _) = count_flops(
-                lambda: nets.denoiser.wfm(sample, timestep, context, time_ids, head_latents)
-            )
-        finally:
-            for handle in handles:
-                handle.remove()
-        per_call["wfm"] = c.total
+        # One denoiser call: one window's CFG pair, as the DenoiseStage builds it; then one conditional row.
+        with kv_downsample(nets.denoiser, kv):
+            for rows, suffix in ((b, ""), (1, "_cond")):
+                down, mid = _count_denoiser(model, nets, shapes, rows, suffix, per_call, out, kv)
+        del down, mid
+        vae = nets.vae
+        c, _ = count_flops(lambda: vae.encode(torch.empty(1, 3, shapes.size, shapes.size)).latent_dist.mode())
+        per_call["vae_encoder"] = c.total
+        c, _ = count_flops(lambda: vae.decode(torch.empty(1, vae.config.latent_channels, h, h)).sample)
+        per_call["vae_decoder"] = c.total
+        c, _ = count_flops(lambda: nets.image_encoder(torch.empty(1, 3, CLIP_SIZE, CLIP_SIZE)).image_embeds)
+        per_call["clip_image_encoder"] = c.total
+    return out
+
+
+def _count_denoiser(model: ModelConfig, nets: Networks, shapes: Shapes, rows: int, suffix: str,
+                    per_call: dict[str, int], out: dict[str, Any], kv: int) -> tuple[Any, Any]:
+    t, h = shapes.window, shapes.latent
+    sample = torch.empty(rows, t, model.unet.get("in_channels", 8), h, h)
+    timestep = torch.empty(rows)
+    context = torch.empty(rows, 1, _cross_attention_dim(model))
+    time_ids = torch.empty(rows, 3)
+    head_latents = torch.empty(rows * t, model.latent_channels, h, h)
+    records: list[dict[str, Any]] = []
+    handles = _attention_hooks(nets.denoiser.wfm, records, kv)
+    try:
+        c, (down, mid, _) = count_flops(lambda: nets.denoiser.wfm(sample, timestep, context, time_ids, head_latents))
+    finally:
+        for handle in handles:
+            handle.remove()
+    per_call["wfm" + suffix] = c.total
+    if not suffix:
         core, modules, ops_seen = full_attention_flops(c)
         analytic = sum(r["flops"] for r in records)
         out["wfm_full_attention"] = {
@@ -224,22 +257,14 @@ def measure(model: ModelConfig, nets: Networks, shapes: Shapes) -> dict[str, Any
             "modules_flops_per_call": modules,
             "layers": records,
         }
-        c, _ = count_flops(
-            lambda: nets.denoiser.unet(
-                sample, timestep, context, time_ids,
-                down_block_additional_residuals=down, mid_block_additional_residual=mid,
-            )
-        )  # fmt: skip
-        per_call["unet"] = c.total
-
-        vae = nets.vae
-        c, _ = count_flops(lambda: vae.encode(torch.empty(1, 3, shapes.size, shapes.size)).latent_dist.mode())
-        per_call["vae_encoder"] = c.total
-        c, _ = count_flops(lambda: vae.decode(torch.empty(1, vae.config.latent_channels, h, h)).sample)
-        per_call["vae_decoder"] = c.total
-        c, _ = count_flops(lambda: nets.image_encoder(torch.empty(1, 3, CLIP_SIZE, CLIP_SIZE)).image_embeds)
-        per_call["clip_image_encoder"] = c.total
-    return out
+    c, _ = count_flops(
+        lambda: nets.denoiser.unet(
+            sample, timestep, context, time_ids,
+            down_block_additional_residuals=down, mid_block_additional_residual=mid,
+        )
+    )  # fmt: skip
+    per_call["unet" + suffix] = c.total
+    return down, mid
 
 
 UNITS = {
@@ -250,25 +275,50 @@ UNITS = {
     "head_net": "driving frame (the uncond row is zeros, not computed)",
     "wfm": "window call: CFG pair x window frames",
     "unet": "window call: CFG pair x window frames",
+    "wfm_cond": "window call, conditional row only: window frames",
+    "unet_cond": "window call, conditional row only: window frames",
     "vae_encoder": "source image",
     "vae_decoder": "frame",
     "clip_image_encoder": "source image (224x224)",
 }
 
 
-def calls_per_video(frames: int, steps: int, windows: WindowConfig) -> dict[str, int]:
-    """How often ReenactPipeline calls each network for a clip of ``frames`` frames."""
+def window_count(frames: int, size: int, overlap: int, stream: bool = False) -> int:
+    """Windows the offline run (engine.windows) or the causal stream (CausalWindows) denoises."""
+    if not stream:
+        return len(window_indices(max(frames, size), size, overlap))
+    plan, emitted, count = CausalWindows(size, overlap), 0, 0
+    while (window := plan.next_window(frames, emitted, True)) is not None:
+        emitted, count = max(i for i in window) + 1, count + 1
+    return count
+
+
+def denoiser_calls(knobs: modes.Knobs, scheduler: dict[str, Any] | None = None) -> dict[str, int]:
+    """Per window: how often each denoiser graph runs in one solver loop (engine.modes.eval_plan)."""
+    sigmas = sampling.make_schedule(knobs.sampler, knobs.steps, scheduler or SVD_XT_SCHEDULER, knobs.schedule).sigmas
+    plan = modes.eval_plan(knobs.sampler, sigmas, knobs.guidance_mode, knobs.wfm_every)
+    return {
+        "wfm": sum(e.wfm and e.cfg for e in plan),
+        "unet": sum(e.cfg for e in plan),
+        "wfm_cond": sum(e.wfm and not e.cfg for e in plan),
+        "unet_cond": sum(not e.cfg for e in plan),
+    }
+
+
+def calls_per_video(frames: int, knobs: modes.Knobs, window: int = WindowConfig().size,
+                    stream: bool = False) -> dict[str, int]:
+    """How often the runtime calls each network for a clip of ``frames`` frames in ``knobs``."""
     # clips shorter than a window are padded to one; every padded frame is motion-encoded and decoded
-    padded = max(frames, windows.size)
-    window_calls = len(window_indices(padded, windows.size, windows.overlap)) * steps
+    padded = max(frames, window)
+    n_windows = window_count(frames, window, knobs.overlap, stream)
+    per_window = denoiser_calls(knobs)
     return {
         "appearance_feature_extractor": 1,
         "motion_extractor": padded + 1,
         "warping_module": padded,
         "spade_generator": padded,
         "head_net": padded,
-        "wfm": window_calls,
-        "unet": window_calls,
+        **{name: n * n_windows for name, n in per_window.items()},
         "vae_encoder": 1,
         "vae_decoder": padded,
         "clip_image_encoder": 1,
@@ -297,37 +347,49 @@ def floors(per_call: dict[str, int], calls: dict[str, int], frames: int, calls_1
     return result
 
 
+@functools.lru_cache(maxsize=8)
+def _measured(preset: str, size: int, window: int, kv: int) -> dict[str, Any]:
+    model = presets.from_name(preset)
+    return measure(model, build_meta(model), Shapes(size=size, latent=size // LATENT_SCALE, window=window), kv)
+
+
 def cost_model(
     preset: str = "official",
     frames: int = 100,
     size: int | None = None,
-    steps: int = 25,
+    steps: int | None = None,
     windows: WindowConfig | None = None,
+    knobs: modes.Knobs | None = None,
+    stream: bool = False,
+    mode: str = "exact",
 ) -> dict[str, Any]:
-    """The whole report (see the module docstring) as a JSON-ready dict."""
-    if frames < 1 or steps < 1:
-        raise ValueError("frames and steps must be >= 1")
-    t0 = time.perf_counter()
+    """The whole report (see the module docstring) as a JSON-ready dict. ``knobs`` (default: the
+    release's, with ``steps`` and ``windows.overlap`` when given) says how the run samples."""
     windows = windows or WindowConfig()
+    knobs = knobs or modes.resolve("exact", steps=steps, overlap=windows.overlap)
+    if frames < 1:
+        raise ValueError("frames must be >= 1")
+    t0 = time.perf_counter()
     model = presets.from_name(preset)
     size = size or model.image_size
     if size % LATENT_SCALE:
         raise ValueError(f"size {size} is not a multiple of {LATENT_SCALE}")
-    shapes = Shapes(size=size, latent=size // LATENT_SCALE, window=windows.size)
-    measured = measure(model, build_meta(model), shapes)
+    measured = _measured(preset, size, windows.size, knobs.kv_downsample)
     per_call = measured["per_call"]
     full_attn = measured["wfm_full_attention"]
 
-    calls = calls_per_video(frames, steps, windows)
-    calls_100 = calls_per_video(100, steps, windows)
+    calls = calls_per_video(frames, knobs, windows.size, stream)
+    calls_100 = calls_per_video(100, knobs, windows.size, stream)
     per_video = video_flops(per_call, calls)
-    n_windows = calls["wfm"] // steps
+    n_windows = window_count(frames, windows.size, knobs.overlap, stream)
     sdpa = full_attn["sdpa_flops_per_call"]
+    sdpa_calls = calls["wfm"] + calls["wfm_cond"] / CFG_BATCH  # a conditional row is half a pair's attention
 
-    network_totals = {name: per_call[name] * calls[name] for name in per_call}
-    share = {name: n / per_video for name, n in network_totals.items() if name != "wfm"}
-    share["wfm_full_attention_sdpa"] = sdpa * calls["wfm"] / per_video
-    share["wfm_other"] = (per_call["wfm"] - sdpa) * calls["wfm"] / per_video
+    network_totals = {name: per_call[name] * calls[name] for name in per_call if calls[name]}
+    wfm_total = network_totals.get("wfm", 0) + network_totals.get("wfm_cond", 0)
+    share = {name: n / per_video for name, n in network_totals.items() if not name.startswith("wfm")}
+    share["wfm_full_attention_sdpa"] = sdpa * sdpa_calls / per_video
+    share["wfm_other"] = (wfm_total - sdpa * sdpa_calls) / per_video
     share = dict(sorted(share.items(), key=lambda kv: -kv[1]))
 
     floor = floors(per_call, calls, frames, calls_100)
@@ -335,17 +397,21 @@ def cost_model(
     reported["floor_seconds_per_100_frames"] = floor[reported["gpu"]]["per_100_frames"]
     reported["implied_utilisation"] = reported["floor_seconds_per_100_frames"] / reported["seconds_per_100_frames"]
     # the release's figure is for its own settings: full-size networks, 512 px, 25 Euler steps
-    reported["comparable"] = preset == "official" and size == 512 and steps == 25
+    reported["comparable"] = preset == "official" and size == 512 and knobs == modes.MODES["exact"]
 
     return {
         "preset": preset,
         "size": size,
-        "latent_size": shapes.latent,
+        "latent_size": size // LATENT_SCALE,
         "frames": frames,
         "padded_frames": max(frames, windows.size),
-        "steps": steps,
+        "steps": knobs.steps,
+        "mode": mode,
+        "knobs": asdict(knobs),
+        "stream": stream,
+        "evaluations_per_window": denoiser_calls(knobs),
         "sampler_default": SamplerConfig().sampler,
-        "windows": {"size": windows.size, "overlap": windows.overlap, "count": n_windows, "cfg_batch": CFG_BATCH},
+        "windows": {"size": windows.size, "overlap": knobs.overlap, "count": n_windows, "cfg_batch": CFG_BATCH},
         "counter": {
             "tool": "torch.utils.flop_counter.FlopCounterMode",
             "device": "meta",
@@ -361,7 +427,7 @@ def cost_model(
                 "flops_per_video": network_totals[name],
                 "unit": UNITS[name],
             }
-            for name in per_call
+            for name in network_totals
         },
         "wfm_full_attention": full_attn,
         "per_window_step": {
@@ -391,6 +457,9 @@ def format_table(report: dict[str, Any]) -> str:
         f"FRVD cost model: preset {report['preset']}, {report['size']}px ({report['latent_size']}x"
         f"{report['latent_size']} latents), {report['frames']} frames, {report['steps']} steps, "
         f"{w['count']} windows of {w['size']} (overlap {w['overlap']}) x CFG batch {w['cfg_batch']}",
+        f"mode {report['mode']}{' (stream)' if report['stream'] else ''}: "
+        + ", ".join(f"{k} {v}" for k, v in report["knobs"].items())
+        + "; per window: " + ", ".join(f"{k} x{v}" for k, v in report["evaluations_per_window"].items()),
         "",
         f"{'network':30s} {'TFLOP/call':>10s} {'calls':>7s} {'TFLOP/video':>12s} {'share':>7s}  per call = ...",
     ]
@@ -434,15 +503,36 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def knob_arguments(p: argparse.ArgumentParser) -> None:
+    """--mode and one flag per knob (engine.modes.Knobs); shared with bench_modes.py."""
+    p.add_argument("--mode", default="exact", choices=sorted(modes.MODES))
+    p.add_argument("--steps", type=int, default=None, help="default: the mode's")
+    p.add_argument("--sampler", choices=sorted(sampling.SAMPLERS), default=None)
+    p.add_argument("--schedule", choices=sorted(sampling.SCHEDULES), default=None)
+    p.add_argument("--guidance-mode", default=None, help="full | none | first:K | interval:LO:HI")
+    p.add_argument("--wfm-every", type=int, default=None)
+    p.add_argument("--overlap", type=int, default=None)
+    p.add_argument("--kv-downsample", type=int, choices=modes.KV_FACTORS, default=None)
+
+
+def knobs_from(args: argparse.Namespace) -> modes.Knobs:
+    return modes.resolve(args.mode, **{k: getattr(args, k) for k in modes.KNOB_NAMES})
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="official", choices=sorted(presets.PRESETS))
     p.add_argument("--frames", type=int, default=100)
     p.add_argument("--size", type=int, default=None, help="image side (default: the preset's, 512 for official)")
-    p.add_argument("--steps", type=int, default=25)
+    knob_arguments(p)
+    p.add_argument("--stream", action="store_true", help="the causal stream's windows instead of the offline ones")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
-    report = cost_model(args.preset, args.frames, args.size, args.steps)
+    try:
+        knobs = knobs_from(args)
+    except ValueError as err:
+        p.error(str(err))
+    report = cost_model(args.preset, args.frames, args.size, knobs=knobs, stream=args.stream, mode=args.mode)
     print(format_table(report))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 import torch
 
-from engine import networks, presets
+from engine import modes, networks, presets
 from engine.align import METHODS as ALIGN_METHODS
 from engine.align import CropTransform, PasteBack, crop_transform
 from engine.align import crop as crop_image
@@ -62,6 +62,7 @@ class EngineOptions:
     time_context: str = "release"  # release (diffusers 0.27.2 layout) | fixed (diffusers PR #7268)
     window_batch: int = 1  # windows (each with its CFG pair) per denoiser call
     init_seed: int = 0  # seeded weights of presets without a checkpoint (tiny)
+    tf32: bool = False  # float32 matmuls/convolutions on TF32 tensor cores (CUDA; process-wide torch flags)
 
     def check(self) -> None:
         if self.size is not None and (self.size < 64 or self.size % 64):
@@ -78,23 +79,34 @@ class EngineOptions:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """One render's or stream's choices. None means the engine's default (the release's)."""
+    """One render's or stream's choices. ``mode`` picks a bundle of knobs (engine.modes: exact, fast,
+    turbo); every knob given here overrides the mode's value. None means the mode's value (for
+    ``exact``, the engine's default: the release's)."""
 
+    mode: str = "exact"  # exact (the release) | fast (<= 56 TFLOP/frame at 512^2) | turbo (<= 18)
     steps: int | None = None  # denoising steps (release: 25)
     guidance: float | None = None  # CFG scale (release: 2.5)
-    sampler: str | None = None  # euler (release) | ddim
+    sampler: str | None = None  # euler (release) | heun | dpmpp_2m | ddim
+    schedule: str | None = None  # release | karras | leading
+    guidance_mode: str | None = None  # full | none | first:K | interval:LO:HI (when CFG runs)
+    wfm_every: int | None = None  # the WFM every k-th evaluation, reused in between
+    overlap: int | None = None  # window overlap (release: 6)
+    kv_downsample: int | None = None  # 2: 2x2-pooled keys/values in the WFM's full attentions
     seed: int = 0  # the run's noise draws
     relative_motion: bool = True  # False: self-reenactment (absolute driving motion)
 
+    def knobs(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in modes.KNOB_NAMES}
+
     def check(self) -> None:
-        if self.steps is not None and self.steps < 1:
-            raise InputError("steps must be >= 1")
         if self.guidance is not None and not np.isfinite(self.guidance):
             raise InputError(f"guidance must be a finite number, got {self.guidance}")
-        if self.sampler not in (None, "euler", "ddim"):
-            raise InputError(f"sampler {self.sampler!r} is not one of euler, ddim")
         if not 0 <= self.seed <= SEED_MAX:
             raise InputError(f"seed must be in [0, 2^64), got {self.seed}")
+        try:
+            modes.resolve(self.mode, **self.knobs())
+        except ValueError as err:
+            raise InputError(str(err)) from None
 
 
 @dataclass(frozen=True)
@@ -146,6 +158,8 @@ class Reenactor:
         weights_dir = Path(weights) if weights is not None else None
         if preset == "official" and weights_dir is None:
             raise InputError("the official preset needs weights=DIR (the release's pretrained_weights/ folder)")
+        if opts.tf32 and torch.device(opts.device).type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         if opts.backend == "torch":
             model, sampler, nets = networks.load_preset(preset, weights_dir, opts.init_seed, opts.time_context)
             nets.to(opts.device, getattr(torch, opts.dtype))
@@ -229,9 +243,21 @@ class Reenactor:
         options.check()
         s = self.cfg.sampler
         guidance = s.max_guidance if options.guidance is None else float(options.guidance)
-        sampler = replace(s, steps=options.steps or s.steps, sampler=options.sampler or s.sampler,
-                          min_guidance=guidance, max_guidance=guidance)
-        return replace(self.cfg, sampler=sampler, seed=options.seed, relative_motion=options.relative_motion)
+        knobs = modes.resolve(options.mode, modes.Knobs.of(self.cfg), **options.knobs())
+        cfg = knobs.apply(self.cfg, options.mode)
+        cfg = replace(cfg, sampler=replace(cfg.sampler, min_guidance=guidance, max_guidance=guidance))
+        self._check_graphs(cfg)
+        return replace(cfg, seed=options.seed, relative_motion=options.relative_motion)
+
+    def _check_graphs(self, cfg: RunConfig) -> None:
+        """A mode on a backend without the graphs it needs is one clear error before anything runs."""
+        missing = [g for g in modes.required_graphs(cfg) if g not in self.backend]
+        if missing:
+            raise InputError(f"mode {cfg.mode!r} (wfm_every {cfg.sampler.wfm_every}) needs the graphs {missing}, "
+                             f"which this {self.backend.name} engine lacks: build them (engine.build --graphs) or "
+                             "run it on the torch backend")
+        if cfg.kv_downsample > 1 and getattr(self.backend, "nets", None) is None:
+            raise InputError("kv_downsample changes the networks' attention: it runs on the torch backend only")
 
     def _noise(self, cfg: RunConfig) -> Noise:
         return Noise.draw(cfg.seed, cfg.size, cfg.windows.size)
@@ -241,13 +267,15 @@ class Reenactor:
                driving: str | Path | np.ndarray | Iterable[np.ndarray], out: str | Path | None = None, *,
                options: RunOptions | None = None, control: RunControl | None = None,
                max_frames: int | None = None, fps: float | Fraction | None = None,
-               side_by_side_with_inputs: bool = False, paste_back: bool = False) -> RenderResult:
-        """Exact mode over a whole clip. ``driving``: a video path, a uint8 [F, H, W, 3] array or an
-        iterable of frames. With ``out`` the video (and ``out.json``, the resolved configuration)
-        appear together or not at all; without, the frames are returned. ``paste_back`` (aligned
-        sources) warps each frame back into the whole source image, at its own size."""
+               side_by_side_with_inputs: bool = False, paste_back: bool = False, mode: str | None = None
+               ) -> RenderResult:
+        """A whole clip in ``options.mode`` (``mode=`` overrides it; exact by default). ``driving``: a
+        video path, a uint8 [F, H, W, 3] array or an iterable of frames. With ``out`` the video (and
+        ``out.json``, the resolved configuration) appear together or not at all; without, the frames
+        are returned. ``paste_back`` (aligned sources) warps each frame back into the whole source
+        image, at its own size."""
         start = time.perf_counter()
-        cfg = self.run_config(options or RunOptions())
+        cfg = self.run_config(_with_mode(options, mode))
         control = control or RunControl()
         path = check_output_path(out) if out is not None else None
         frames, rate, audio = self._driving(driving, max_frames, fps)
@@ -285,10 +313,12 @@ class Reenactor:
 
     # -- live ----------------------------------------------------------------------------------
     def stream(self, source: SourceHandle | str | Path | np.ndarray, options: RunOptions | None = None,
-               control: RunControl | None = None, queue_frames: int = 32, paste_back: bool = False) -> ReenactStream:
+               control: RunControl | None = None, queue_frames: int = 32, paste_back: bool = False,
+               mode: str | None = None) -> ReenactStream:
         """A causal stream: push driving frames, read finished frames (see ``ReenactStream``);
-        ``paste_back`` (aligned sources) returns frames pasted into the whole source image."""
-        cfg = self.run_config(options or RunOptions())
+        ``paste_back`` (aligned sources) returns frames pasted into the whole source image;
+        ``mode=`` overrides ``options.mode``."""
+        cfg = self.run_config(_with_mode(options, mode))
         handle = self._source(source)
         paster = handle.paster() if paste_back else None
         self._lock.acquire()
@@ -397,6 +427,11 @@ class ReenactStream:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _with_mode(options: RunOptions | None, mode: str | None) -> RunOptions:
+    options = options or RunOptions()
+    return options if mode is None else replace(options, mode=mode)
 
 
 def compose(frames: Iterable[np.ndarray], handle: SourceHandle, driving: Iterable[np.ndarray] | None,

@@ -37,6 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--time-context", choices=["release", "fixed"], default="release")
     p.add_argument("--grid-sample", choices=GRID_SAMPLE_FORMS, default=None,
                    help="5-D sampling in the warp graph (default: onnx20 for onnx, decomposed for trt)")
+    p.add_argument("--attention", choices=["mha", "onnx23", "decomposed"], default=None,
+                   help="attention in the graphs: com.microsoft MultiHeadAttention (default for onnx), "
+                        "opset-23 Attention (default for trt >= 10.14) or MatMul-Softmax-MatMul (trt < 10.14)")
     p.add_argument("--max-windows", type=positive_int, default=4, help="largest windows-per-call the denoiser takes")
     p.add_argument("--window-batch", type=positive_int, default=1, help="windows per call TensorRT tunes for")
     p.add_argument("--workspace-gib", type=finite_float(0, lo_open=True), default=None,
@@ -75,7 +78,8 @@ def run(args: argparse.Namespace) -> dict:
         time_context=args.time_context,
     )
     cfg = BuildConfig(target=args.target, precision=args.precision, graphs=tuple(args.graphs),
-                      parity=not args.no_parity, quiet=args.quiet, workspace_gib=args.workspace_gib)
+                      parity=not args.no_parity, quiet=args.quiet, workspace_gib=args.workspace_gib,
+                      attention=args.attention)
     report = Builder(source, opts, args.out, cfg).run()
     if args.weights is not None:
         memo.save()

@@ -67,8 +67,11 @@ class ModelConfig:
 class SamplerConfig:
     """Denoising loop settings; the defaults are the release's inference.py settings."""
 
-    sampler: str = "euler"  # "euler" (release default) | "ddim" (paper: 30 steps)
+    sampler: str = "euler"  # "euler" (release default) | "ddim" (paper: 30 steps) | "heun" | "dpmpp_2m"
+    schedule: str | None = None  # "release" | "karras" | "leading"; None: the sampler's own (engine.sampling)
     steps: int = 25
+    guidance_mode: str = "full"  # when CFG runs: full | none | first:K | interval:LO:HI (engine.guidance)
+    wfm_every: int = 1  # the WFM runs every k-th model evaluation; its outputs are reused in between
     min_guidance: float = 2.5
     max_guidance: float = 2.5
     time_context: str = "release"  # "release" (diffusers 0.27.2 layout) | "fixed" (diffusers PR #7268)
@@ -99,6 +102,8 @@ class RunConfig:
     relative_motion: bool = True  # False: self-reenactment (absolute driving motion)
     dtype: str = "float32"
     device: str = "cpu"
+    mode: str = "exact"  # the named mode the knobs came from (engine.modes); recorded, never read back
+    kv_downsample: int = 1  # 2: 2x2-averaged keys/values in the WFM's full attentions (an approximation)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -107,3 +112,17 @@ class RunConfig:
         tmp = Path(str(path) + ".tmp")
         tmp.write_text(self.to_json())
         tmp.replace(path)
+
+
+def read_json_object(path: Path, error: type[Exception], what: str, fix: str) -> dict[str, Any]:
+    """A JSON file holding one object; any way of failing is one ``error`` naming the file and ``fix``."""
+    try:
+        config = json.loads(Path(path).read_text())
+    except OSError as err:
+        raise error(f"{what} {path} cannot be read ({err.strerror or err}): check it exists and is readable") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        where = f" (line {err.lineno}, column {err.colno})" if isinstance(err, json.JSONDecodeError) else ""
+        raise error(f"{what} {path} is not valid JSON{where}: {fix}") from None
+    if not isinstance(config, dict):
+        raise error(f"{what} {path} is JSON but not an object of settings: {fix}")
+    return config

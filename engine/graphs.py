@@ -16,10 +16,12 @@ unchanged. The release's quirks live in the networks themselves (residual re-inj
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -30,9 +32,14 @@ from torch import nn
 from engine.config import DECODE_CHUNK, MOTION_CHUNK, ModelConfig
 from engine.graph_spec import Dim, GraphSpec, TensorSpec, random_tensor
 from engine.models.liveportrait.motion_branch import INPUT_SIZE as LP_INPUT  # LivePortrait always runs at 256x256
+from engine.models.time_context import SpatioTemporalTransformer
 from engine.motion import refine_kp_info
 
 GRAPH_NAMES = ("appearance", "motion", "warp", "denoiser", "vae_encoder", "vae_decoder", "image_encoder")
+# graphs the fast modes use (engine.modes), built only on request: the denoiser split into WFM and UNet
+# (WFM reuse across steps), and conditional-only variants whose batch is one row per window (no CFG pair)
+MODE_GRAPH_NAMES = ("wfm", "unet", "denoiser_cond", "wfm_cond", "unet_cond")
+ALL_GRAPH_NAMES = GRAPH_NAMES + MODE_GRAPH_NAMES
 GRID_SAMPLE_FORMS = ("onnx20", "custom", "decomposed")
 
 
@@ -159,6 +166,65 @@ class DenoiserGraph(nn.Module):
         return self.denoiser.parts(sample, timestep, encoder_hidden_states, added_time_ids, heads)
 
 
+@contextlib.contextmanager
+def cond_layout(denoiser: nn.Module, cond: bool) -> Iterator[None]:
+    """For conditional-only rows, the time-context layout that keeps each row's prediction what it is
+    inside a release CFG pair (``release_cond``; ``fixed`` rows are independent anyway). The layout is
+    a module attribute, so it is switched for the call and restored (one run at a time per engine)."""
+    blocks = [m for m in denoiser.modules() if isinstance(m, SpatioTemporalTransformer)]
+    if not cond or not blocks:
+        yield
+        return
+    saved = [(b.time_context, b.cfg_group) for b in blocks]
+    layout = "release_cond" if saved[0][0] == "release" else saved[0][0]
+    for b in blocks:
+        b.time_context, b.cfg_group = layout, 1
+    try:
+        yield
+    finally:
+        for b, (mode, group) in zip(blocks, saved, strict=True):
+            b.time_context, b.cfg_group = mode, group
+
+
+class DenoiserCondGraph(DenoiserGraph):
+    """The fused denoiser over conditional rows only, one per window (batch ``windows``)."""
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                added_time_ids: torch.Tensor, head_latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with cond_layout(self.denoiser, True):
+            return super().forward(sample, timestep, encoder_hidden_states, added_time_ids, head_latents)
+
+
+class WfmGraph(nn.Module):
+    """The Warping Feature Mapper alone: -> 12 down residuals, the mid residual and the infofill."""
+
+    def __init__(self, nets: Any, cond: bool = False) -> None:
+        super().__init__()
+        self.denoiser, self.cond = nets.denoiser, cond
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                added_time_ids: torch.Tensor, head_latents: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        with cond_layout(self.denoiser, self.cond):
+            down, mid, infofill = self.denoiser.wfm(sample, timestep, encoder_hidden_states, added_time_ids,
+                                                    head_latents.flatten(0, 1), conditioning_scale=1.0)
+        return (*down, mid, infofill)
+
+
+class UnetGraph(nn.Module):
+    """The UNet with the WFM's residuals as inputs (-> the UNet output before the infofill)."""
+
+    def __init__(self, nets: Any, cond: bool = False) -> None:
+        super().__init__()
+        self.denoiser, self.cond = nets.denoiser, cond
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                added_time_ids: torch.Tensor, *residuals: torch.Tensor) -> torch.Tensor:
+        with cond_layout(self.denoiser, self.cond):
+            return self.denoiser.unet(sample, timestep, encoder_hidden_states, added_time_ids,
+                                      down_block_additional_residuals=tuple(residuals[:-1]),
+                                      mid_block_additional_residual=residuals[-1])
+
+
 class VaeEncoderGraph(nn.Module):
     def __init__(self, nets: Any) -> None:
         super().__init__()
@@ -216,10 +282,12 @@ def _warp_sample(spec: GraphSpec, values: Mapping[str, int], gen: torch.Generato
     }
 
 
-def _denoiser_sample(spec: GraphSpec, values: Mapping[str, int], gen: torch.Generator) -> dict[str, torch.Tensor]:
+def _denoiser_sample(spec: GraphSpec, values: Mapping[str, int], gen: torch.Generator,
+                     pairs: bool = True) -> dict[str, torch.Tensor]:
     shapes = spec.input_shapes(values)
     batch = shapes["sample"][0]
-    uncond = (torch.arange(batch) % 2 == 0).float()  # CFG layout: even rows unconditional (zeros)
+    # CFG layout: even rows unconditional (zeros); conditional-only graphs have no such rows
+    uncond = (torch.arange(batch) % 2 == 0).float() if pairs else torch.zeros(batch)
 
     def cond_only(t: torch.Tensor) -> torch.Tensor:
         return t * (1 - uncond).reshape(-1, *[1] * (t.ndim - 1))
@@ -237,6 +305,29 @@ def _denoiser_sample(spec: GraphSpec, values: Mapping[str, int], gen: torch.Gene
     }
 
 
+def _split_sample(pairs: bool):
+    """Sample inputs of the split / conditional graphs: the denoiser's, plus WFM residuals for the UNet."""
+
+    def sample(spec: GraphSpec, values: Mapping[str, int], gen: torch.Generator) -> dict[str, torch.Tensor]:
+        shapes = spec.input_shapes(values)
+        base = _denoiser_sample(spec, values, gen, pairs) if "head_latents" in shapes else \
+            _denoiser_sample(_with_heads(spec), values, gen, pairs)
+        out = {n: base[n] for n in spec.input_names if n in base}
+        for name in spec.input_names:
+            if name not in out:  # a residual: small, like the zero-initialised convs' outputs
+                out[name] = torch.randn(shapes[name], generator=gen) * 0.1
+        return out
+
+    return sample
+
+
+def _with_heads(spec: GraphSpec) -> GraphSpec:
+    # the UNet takes no head latents; borrow a shape for the shared sampler (its values are dropped)
+    sample = spec.inputs[0]
+    heads = TensorSpec("head_latents", sample.shape)
+    return dataclasses.replace(spec, inputs=(*spec.inputs[:4], heads))
+
+
 # ---------------------------------------------------------------------------------------- specs
 
 
@@ -244,8 +335,59 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def build_specs(model: ModelConfig, opts: GraphOptions) -> dict[str, GraphSpec]:
-    """Every graph's spec for ``model`` at ``opts``; shapes come from the configs, never from weights."""
+def wfm_residual_shapes(model: ModelConfig, latent: int) -> list[tuple[str, int, int]]:
+    """(name, channels, side) of every WFM output the UNet takes: conv_in's skip, each layer's, each
+    downsampler's (``down0`` ...), then the mid block's (``mid``); as WarpingFeatureMapper makes them."""
+    channels = list(model.unet["block_out_channels"])
+    layers = model.unet["layers_per_block"]
+    layers = [layers] * len(channels) if isinstance(layers, int) else list(layers)
+    shapes = [(channels[0], latent)]
+    for i, c in enumerate(channels):
+        shapes += [(c, latent >> i)] * layers[i]
+        if i < len(channels) - 1:
+            shapes.append((c, latent >> (i + 1)))
+    named = [(f"down{i}", c, side) for i, (c, side) in enumerate(shapes)]
+    return [*named, ("mid", channels[-1], latent >> (len(channels) - 1))]
+
+
+def _mode_specs(model: ModelConfig, opts: GraphOptions, denoiser: GraphSpec) -> list[GraphSpec]:
+    """wfm / unet (CFG pairs, batch 2 x windows) and their conditional-only twins (batch windows),
+    plus denoiser_cond: the fused denoiser's inputs, the same weights and tolerances."""
+    latent = denoiser.inputs[0].shape[-1]
+    out_ch = int(model.unet["out_channels"])
+    specs = []
+    for cond in (False, True):
+        rows = "windows" if cond else "2*windows"
+        frames = f"{opts.window if cond else 2 * opts.window}*windows"  # residuals are [rows*T, c, h, w]
+        suffix = "_cond" if cond else ""
+
+        def t(spec: TensorSpec, rows: str = rows) -> TensorSpec:
+            return TensorSpec(spec.name, (rows, *spec.shape[1:]), spec.dtype)
+
+        inputs = tuple(t(x) for x in denoiser.inputs)
+        residuals = tuple(TensorSpec(n, (frames, c, side, side)) for n, c, side in wfm_residual_shapes(model, latent))
+        infofill = TensorSpec("infofill", (rows, opts.window, out_ch, latent, latent))
+        config = {**denoiser.config, "cond": cond}
+        common = dict(dims=denoiser.dims, sample=_split_sample(pairs=not cond), config=config)
+        layout = "conditional rows only, one per window" if cond else "both CFG halves"
+        specs += [
+            GraphSpec(name=f"wfm{suffix}", doc=f"WFM + IFM infofill alone ({layout}): residuals for the UNet",
+                      inputs=inputs, outputs=(*residuals, infofill), factory=functools.partial(WfmGraph, cond=cond),
+                      slots=("warping_feature_mapper",), **common),
+            GraphSpec(name=f"unet{suffix}", doc=f"UNet with the WFM's residuals as inputs ({layout})",
+                      inputs=(*inputs[:4], *residuals), outputs=(t(denoiser.outputs[0]),),
+                      factory=functools.partial(UnetGraph, cond=cond), slots=("unet",), **common),
+        ]
+        if cond:
+            specs.append(GraphSpec(name="denoiser_cond", doc=f"{denoiser.doc} ({layout})", inputs=inputs,
+                                   outputs=tuple(t(x) for x in denoiser.outputs), factory=DenoiserCondGraph,
+                                   slots=denoiser.slots, **common))
+    return specs
+
+
+def build_specs(model: ModelConfig, opts: GraphOptions, names: tuple[str, ...] = GRAPH_NAMES) -> dict[str, GraphSpec]:
+    """The specs of the graphs ``names`` (default: the seven every build makes; ``ALL_GRAPH_NAMES``
+    adds the fast modes' graphs) for ``model`` at ``opts``; shapes come from the configs, never weights."""
     lp = model.liveportrait
     afe = lp["appearance_feature_extractor_params"]
     num_kp = int(lp["motion_extractor_params"]["num_kp"])
@@ -379,7 +521,11 @@ def build_specs(model: ModelConfig, opts: GraphOptions) -> dict[str, GraphSpec]:
             config={"clip": _hash(clip)},
         ),
     ]
-    return {s.name: s for s in specs}
+    specs += _mode_specs(model, opts, next(s for s in specs if s.name == "denoiser"))
+    unknown = sorted(set(names) - {s.name for s in specs})
+    if unknown:
+        raise ValueError(f"unknown graphs {unknown}; choose from {list(ALL_GRAPH_NAMES)}")
+    return {s.name: s for s in specs if s.name in names}
 
 
 def options_for(model: ModelConfig, size: int | None = None, **overrides: Any) -> GraphOptions:

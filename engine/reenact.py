@@ -18,11 +18,21 @@ import torch
 
 from engine.cli_args import Parser, existing_dir, finite_float, int_in, positive_int, seed_int
 from engine.errors import EngineError, InputError
+from engine.guidance import Guidance
+from engine.modes import KNOB_NAMES, KV_FACTORS, MODES, resolve
 from engine.progress import PROGRESS_MODES, make_progress
+from engine.sampling import SAMPLERS, SCHEDULES
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_SOURCE = ASSETS / "source.png"
 DEFAULT_DRIVING = ASSETS / "driving.mp4"
+
+
+def guidance_mode(text: str) -> str:
+    try:
+        return str(Guidance.parse(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,9 +47,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # latents are size/8 and the UNet halves them three times: the side must divide by 64
     p.add_argument("--size", type=int_in(64, multiple_of=64), default=None,
                    help="output side in pixels, a multiple of 64 (default: the preset's)")
-    p.add_argument("--steps", type=positive_int, default=25, help="denoising steps (the release's 25)")
+    p.add_argument("--mode", choices=sorted(MODES), default="exact",
+                   help="exact = the release; fast <= 56, turbo <= 18 TFLOP/frame at 512^2 (docs/modes.md); "
+                        "every knob below given explicitly overrides the mode's value")
+    p.add_argument("--steps", type=positive_int, default=None, help="denoising steps (exact: the release's 25)")
     p.add_argument("--guidance", type=finite_float(), default=2.5, help="classifier-free guidance scale")
-    p.add_argument("--sampler", choices=["euler", "ddim"], default="euler")
+    p.add_argument("--sampler", choices=list(SAMPLERS), default=None, help="solver (exact: euler)")
+    p.add_argument("--schedule", choices=list(SCHEDULES), default=None,
+                   help="noise schedule (default: the sampler's own; euler: release, ddim: leading)")
+    p.add_argument("--guidance-mode", type=guidance_mode, default=None,
+                   help="when CFG runs: full | none | first:K | interval:LO:HI (exact: full)")
+    p.add_argument("--wfm-every", type=positive_int, default=None,
+                   help="run the Warping Feature Mapper every k-th evaluation, reuse it in between (exact: 1)")
+    p.add_argument("--overlap", type=int_in(1, 13), default=None, help="window overlap in frames (exact: 6)")
+    p.add_argument("--kv-downsample", type=int, choices=KV_FACTORS, default=None,
+                   help="2: 2x2-pooled keys/values in the WFM's full attentions, 4x less attention (torch only)")
     p.add_argument("--seed", type=seed_int, default=0, help="the run's noise draws")
     p.add_argument("--time-context", choices=["release", "fixed"], default="release",
                    help="temporal-context layout: the release's (diffusers 0.27.2) or PR #7268's")
@@ -59,6 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
                    help="precision of the diffusion networks (LivePortrait stays float32)")
+    p.add_argument("--tf32", action="store_true", help="float32 on a CUDA GPU: allow TF32 tensor cores")
     p.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], default="torch",
                    help="what runs the networks (onnxruntime/tensorrt: graphs built by python -m engine.build)")
     p.add_argument("--engines", type=Path, default=None, help="folder written by python -m engine.build --out")
@@ -66,6 +89,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="bars on a terminal, plain lines otherwise (auto), or none")
     p.add_argument("--quiet", action="store_true", help="same as --progress none")
     args = p.parse_args(argv)
+    try:
+        resolve(args.mode, **{k: getattr(args, k) for k in KNOB_NAMES})
+    except ValueError as err:
+        p.error(str(err))
     if args.paste_back and args.align == "none":
         p.error("--paste-back needs --align auto|insightface|opencv (a face crop to paste back)")
     if args.backend != "torch" and args.engines is None:
@@ -115,11 +142,13 @@ def run(args: argparse.Namespace) -> str:
     engine = Reenactor.from_preset(
         args.preset,
         EngineOptions(size=args.size, device=args.device, dtype=args.dtype, backend=args.backend,
-                      engines=args.engines, time_context=args.time_context, window_batch=args.window_batch),
+                      engines=args.engines, time_context=args.time_context, window_batch=args.window_batch,
+                      tf32=args.tf32),
         weights=args.weights,
     )
-    options = RunOptions(steps=args.steps, guidance=args.guidance, sampler=args.sampler, seed=args.seed,
-                         relative_motion=not args.absolute_motion)
+    options = RunOptions(mode=args.mode, guidance=args.guidance, seed=args.seed,
+                         relative_motion=not args.absolute_motion, **{k: getattr(args, k) for k in KNOB_NAMES})
+    run_cfg = engine.run_config(options)  # the resolved knobs, for the summary line
     progress = make_progress("none" if args.quiet else args.progress)
     load_s = time.perf_counter() - start
     try:
@@ -142,12 +171,12 @@ def run(args: argparse.Namespace) -> str:
     label, sec, n = summary
     total = time.perf_counter() - start
     backend = "" if args.backend == "torch" else f"{args.backend}, "
-    mode = "stream" if args.stream else "exact"
+    mode = f"{args.mode}{', stream' if args.stream else ''}"
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in sec.items() if k != "total")
     return (
-        f"reenact: {label} {engine.size}x{engine.size} [{args.preset}, {backend}{mode}, {args.sampler} "
-        f"{args.steps} steps] in {total:.1f} s = {total / max(n, 1):.2f} s/frame (load {load_s:.1f} s, {stages})"
-        f" -> {args.out}"
+        f"reenact: {label} {engine.size}x{engine.size} [{args.preset}, {backend}{mode}, "
+        f"{run_cfg.sampler.sampler} {run_cfg.sampler.steps} steps] in {total:.1f} s = "
+        f"{total / max(n, 1):.2f} s/frame (load {load_s:.1f} s, {stages}) -> {args.out}"
     )
 
 

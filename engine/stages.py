@@ -14,6 +14,7 @@ Schedulers (``engine.runtime``) decide what runs when; the stages decide nothing
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,7 +22,9 @@ import numpy as np
 import torch
 
 from engine import conditioning
+from engine.approx import kv_downsample
 from engine.backends import Backend
+from engine.backends.base import Tensors
 from engine.config import DECODE_CHUNK, MOTION_CHUNK, VAE_SCALE, RunConfig
 from engine.models.liveportrait.motion_branch import to_model_input
 from engine.motion import DrivingKeypoints, KeypointInfo, absolute_motion, relative_motion, transform_keypoint
@@ -180,68 +183,125 @@ class WindowInput:
 
 @dataclass(frozen=True)
 class WindowOutput:
-    unet_out: torch.Tensor  # [2, T, 4, h, w] (uncond, cond) UNet output before the infofill
-    infofill: torch.Tensor  # [2, T, 4, h, w]
+    unet_out: torch.Tensor  # [2, T, 4, h, w] (uncond, cond) UNet output before the infofill; [1, ...]: cond only
+    infofill: torch.Tensor  # [2, T, 4, h, w] (or [1, ...])
 
     @property
     def noise_pred(self) -> torch.Tensor:
-        """[2, T, 4, h, w] float32: the release adds the infofill to each CFG half before blending."""
+        """[rows, T, 4, h, w] float32: the release adds the infofill to each CFG half before blending."""
         return (self.unet_out + self.infofill).float()
 
 
 class DenoiseStage:
-    """WFM + UNet over windows x CFG pairs, batch laid out [w0_u, w0_c, w1_u, w1_c, ...].
+    """WFM + UNet over windows x CFG pairs, batch laid out [w0_u, w0_c, w1_u, w1_c, ...], or over the
+    conditional rows alone [w0_c, w1_c, ...] (a conditional-only evaluation, engine.guidance).
 
     The unconditional rows are zeros (image embedding, image latents, head latents) and are
     written once into static per-batch-size buffers; each call fills only the rows that change.
+
+    Graphs: the fused ``denoiser`` (``denoiser_cond``) when nothing is reused; with a ``cache`` (WFM
+    reuse, engine.modes) the split ``wfm`` + ``unet`` (``_cond``) graphs, the WFM's outputs kept per
+    window group and fed again to the UNet at evaluations that skip the WFM. A backend without
+    ``denoiser_cond`` runs conditional-only evaluations as full pairs and keeps the conditional rows
+    (the same numbers, no saving).
     """
 
     def __init__(self, backend: Backend, cfg: RunConfig) -> None:
         self.backend, self.cfg = backend, cfg
         self.dtype = getattr(torch, cfg.dtype)
         self.per_call = min(cfg.windows.batch, backend.max_dim("denoiser", "windows") or cfg.windows.batch)
-        self._buffers: dict[int, dict[str, torch.Tensor]] = {}
+        self._buffers: dict[tuple[int, bool], dict[str, torch.Tensor]] = {}
         self._cond: RunConditioning | None = None
 
-    def _batch(self, n: int, cond: RunConditioning, first: WindowInput) -> dict[str, torch.Tensor]:
+    def _batch(self, n: int, cond: RunConditioning, first: WindowInput, pairs: bool) -> dict[str, torch.Tensor]:
         if self._cond is not cond:  # a new run: the constant conditional rows change
             self._buffers.clear()
             self._cond = cond
-        buf = self._buffers.get(n)
+        buf = self._buffers.get((n, pairs))
         if buf is None:
             dev, dt = self.backend.device, self.dtype
             t, c, h, w = first.latents.shape
             c0 = first.head_latents.shape[1]
+            rows = 2 * n if pairs else n
             buf = {
-                "sample": torch.zeros(2 * n, t, c + cond.image_latents.shape[1], h, w, device=dev, dtype=dt),
-                "timestep": torch.zeros(2 * n, device=dev),
-                "encoder_hidden_states": torch.zeros(2 * n, *cond.image_embeds.shape[1:], device=dev, dtype=dt),
-                "added_time_ids": cond.added_time_ids.to(dev, dt).repeat(2 * n, 1),
-                "head_latents": torch.zeros(2 * n, t, c0, h, w, device=dev, dtype=first.head_latents.dtype),
+                "sample": torch.zeros(rows, t, c + cond.image_latents.shape[1], h, w, device=dev, dtype=dt),
+                "timestep": torch.zeros(rows, device=dev),
+                "encoder_hidden_states": torch.zeros(rows, *cond.image_embeds.shape[1:], device=dev, dtype=dt),
+                "added_time_ids": cond.added_time_ids.to(dev, dt).repeat(rows, 1),
+                "head_latents": torch.zeros(rows, t, c0, h, w, device=dev, dtype=first.head_latents.dtype),
             }
-            buf["sample"][1::2, :, c:] = cond.image_latents.to(dev, dt)[:, None]
-            buf["encoder_hidden_states"][1::2] = cond.image_embeds.to(dev, dt)[0]
-            self._buffers[n] = buf
+            conditional = slice(1, None, 2) if pairs else slice(None)
+            buf["sample"][conditional, :, c:] = cond.image_latents.to(dev, dt)[:, None]
+            buf["encoder_hidden_states"][conditional] = cond.image_embeds.to(dev, dt)[0]
+            self._buffers[(n, pairs)] = buf
+        return buf
+
+    def _fill(self, group: Sequence[WindowInput], cond: RunConditioning, pairs: bool) -> dict[str, torch.Tensor]:
+        buf = self._batch(len(group), cond, group[0], pairs)
+        c = group[0].latents.shape[1]
+        r = 2 if pairs else 1
+        for k, item in enumerate(group):
+            # [T, 4, h, w] scaled by 1/sqrt(sigma^2 + 1), the same for both CFG rows
+            scaled = (item.latents / ((item.sigma**2 + 1) ** 0.5)).to(buf["sample"].device)
+            buf["sample"][r * k : r * k + r, :, :c] = scaled
+            buf["timestep"][r * k : r * k + r] = item.timestep
+            buf["head_latents"][r * k + r - 1] = item.head_latents
         return buf
 
     @torch.no_grad()
-    def __call__(self, items: Sequence[WindowInput], cond: RunConditioning) -> list[WindowOutput]:
+    def __call__(self, items: Sequence[WindowInput], cond: RunConditioning, *, cfg: bool = True, wfm: bool = True,
+                 cache: dict[int, tuple[bool, Tensors]] | None = None, kv_downsample: int = 1) -> list[WindowOutput]:
+        """One evaluation of ``items``: both CFG rows (``cfg``) or the conditional ones; with a
+        ``cache``, the WFM runs only when ``wfm`` (else its cached outputs are reused)."""
         outputs: list[WindowOutput] = []
+        pairs = cfg or (cache is None and "denoiser_cond" not in self.backend)
         for start in range(0, len(items), self.per_call):
             group = items[start : start + self.per_call]
-            buf = self._batch(len(group), cond, group[0])
-            c = group[0].latents.shape[1]
-            for k, item in enumerate(group):
-                # [T, 4, h, w] scaled by 1/sqrt(sigma^2 + 1), the same for both CFG rows
-                scaled = (item.latents / ((item.sigma**2 + 1) ** 0.5)).to(buf["sample"].device)
-                buf["sample"][2 * k : 2 * k + 2, :, :c] = scaled
-                buf["timestep"][2 * k : 2 * k + 2] = item.timestep
-                buf["head_latents"][2 * k + 1] = item.head_latents
-            out = self.backend.run("denoiser", **buf)
-            unet_out = out["unet_out"].unflatten(0, (len(group), 2))  # [n, 2, T, 4, h, w]
-            infofill = out["infofill"].unflatten(0, (len(group), 2))
+            feeds = self._fill(group, cond, pairs)
+            with self._approximations(kv_downsample):
+                if cache is None:
+                    out = self.backend.run("denoiser" if pairs else "denoiser_cond", **feeds)
+                else:
+                    out = self._split(feeds, pairs, wfm, cache, start)
+            rows = 2 if pairs else 1
+            unet_out = out["unet_out"].unflatten(0, (len(group), rows))  # [n, rows, T, 4, h, w]
+            infofill = out["infofill"].unflatten(0, (len(group), rows))
+            if pairs and not cfg:  # a pair graph standing in for the conditional-only one
+                unet_out, infofill = unet_out[:, 1:], infofill[:, 1:]
             outputs += [WindowOutput(unet_out[k], infofill[k]) for k in range(len(group))]
         return outputs
+
+    def _split(self, feeds: Tensors, pairs: bool, wfm: bool, cache: dict[int, tuple[bool, Tensors]],
+               key: int) -> Tensors:
+        """WFM (or its cached outputs) then UNet; the cache holds per window group the WFM outputs and
+        whether they are CFG pairs (a conditional-only evaluation takes the conditional rows of those)."""
+        suffix = "" if pairs else "_cond"
+        if wfm or key not in cache:
+            cache[key] = (pairs, self.backend.run("wfm" + suffix, **feeds))
+        held_pairs, held = cache[key]
+        if held_pairs and not pairs:
+            held = {name: _conditional_rows(t, feeds["sample"].shape[0]) for name, t in held.items()}
+        elif pairs and not held_pairs:
+            raise ValueError("a CFG evaluation cannot reuse conditional-only WFM outputs (engine.modes.eval_plan "
+                             "refreshes them)")
+        unet_spec = self.backend["unet" + suffix].spec
+        inputs = {n: feeds[n] for n in unet_spec.input_names[:4]}
+        inputs.update({n: held[n] for n in unet_spec.input_names[4:]})
+        return {"unet_out": self.backend.run("unet" + suffix, **inputs)["unet_out"], "infofill": held["infofill"]}
+
+    def _approximations(self, kv: int) -> contextlib.AbstractContextManager:
+        if kv == 1:
+            return contextlib.nullcontext()
+        nets = getattr(self.backend, "nets", None)
+        if nets is None:
+            raise ValueError(f"kv_downsample {kv} changes the networks: it runs on the torch backend only")
+        return kv_downsample(nets.denoiser, kv)
+
+
+def _conditional_rows(t: torch.Tensor, windows: int) -> torch.Tensor:
+    """The conditional rows of a pair-batched tensor: [2n, ...] or [2n*T, ...] (frames in the batch)."""
+    pairs = t.unflatten(0, (windows, 2, -1))  # [n, 2, T or 1, ...]
+    return pairs[:, 1].flatten(0, 1)
 
 
 # ----------------------------------------------------------------------------------- decode

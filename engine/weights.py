@@ -10,7 +10,6 @@ downloaded, ever.
 
 from __future__ import annotations
 
-import json
 import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from engine.config import read_json_object
 from engine.errors import WeightsError
 
 SVD = "stable-video-diffusion-img2vid-xt"
@@ -141,16 +141,7 @@ def read_json_config(weights_dir: Path, which: str) -> dict | None:
     path = Path(weights_dir) / CONFIG_FILES[which]
     if not path.is_file():
         return None
-    try:
-        config = json.loads(path.read_text())
-    except OSError as err:
-        raise WeightsError(f"config {path} cannot be read ({err.strerror or err}): check its permissions") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        where = f" (line {err.lineno}, column {err.colno})" if isinstance(err, json.JSONDecodeError) else ""
-        raise WeightsError(f"config {path} is not valid JSON{where}: restore it from the release") from None
-    if not isinstance(config, dict):
-        raise WeightsError(f"config {path} is JSON but not an object of settings: restore it from the release")
-    return config
+    return read_json_object(path, WeightsError, "config", "restore it from the release")
 
 
 def _unreadable(path: Path, err: Exception) -> WeightsError:

@@ -21,7 +21,7 @@ from typing import Any
 
 from engine.graph_spec import GraphSpec
 from engine.graphs import GRAPH_NAMES, GraphOptions, build_specs
-from export import cache, check
+from export import attention_onnx, cache, check
 from export.cache import ArtifactStore, make_key
 from export.onnx_export import export_module
 from export.sources import NetworkSource
@@ -39,12 +39,15 @@ class BuildConfig:
     parity: bool = True
     quiet: bool = False
     workspace_gib: float | None = None
+    attention: str | None = None  # export/attention_onnx.FORMS; None: the target's (default_form)
 
     def __post_init__(self) -> None:
         if self.target not in ("onnx", "trt"):
             raise ValueError(f"target must be onnx or trt, got {self.target!r}")
         if self.precision not in ("fp32", "fp16"):
             raise ValueError(f"precision must be fp32 or fp16, got {self.precision!r}")
+        if self.attention is not None and self.attention not in attention_onnx.FORMS:
+            raise ValueError(f"attention must be one of {attention_onnx.FORMS}, got {self.attention!r}")
         unknown = sorted(set(self.graphs) - set(GRAPH_NAMES))
         if unknown:
             raise ValueError(f"unknown graphs {unknown}; choose from {list(GRAPH_NAMES)}")
@@ -80,6 +83,7 @@ class Builder:
         self.specs = build_specs(source.model, opts)
         self.tools = cache.tool_versions()
         self.code = cache.code_hash()
+        self.attention = cfg.attention or attention_onnx.default_form(cfg.target)
 
     # ------------------------------------------------------------------------------ run
     def run(self) -> dict[str, Any]:
@@ -95,6 +99,7 @@ class Builder:
             "source": self.source.description,
             "target": self.cfg.target,
             "precision": self.cfg.precision,
+            "attention": self.attention,
             "options": asdict(self.opts),
             "tools": self.tools,
             "graphs": [asdict(r) for r in rows],
@@ -142,6 +147,7 @@ class Builder:
             "spec": spec.describe(),
             "weights": {slot: hashes[slot] for slot in spec.slots},
             "precision": "fp32",
+            "attention": self.attention,
             "tools": self.tools,
             "code": self.code,
         }
@@ -167,7 +173,7 @@ class Builder:
         with self._staged(spec.name, kind) as staging:
             module = spec.factory(self.source.networks())
             bar.set_postfix_str("export")
-            export_module(spec, module, staging / ONNX_FILE)
+            export_module(spec, module, staging / ONNX_FILE, attention=self.attention)
             bar.update()
             bar.set_postfix_str("check")
             facts = check.check_onnx(staging / ONNX_FILE, spec)

@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Sources whose edits change what a graph computes or how it is written.
 CODE_GLOBS = ("engine/models/**/*.py", "engine/motion.py", "engine/ops.py", "engine/ops_decomposed.py",
               "engine/networks.py", "engine/graphs.py", "engine/graph_spec.py", "export/onnx_export.py",
-              "export/grid_sample_onnx.py")
+              "export/grid_sample_onnx.py", "export/attention_onnx.py")
 EXPORT_TOOLS = ("torch", "onnx", "onnxscript", "onnx-ir", "diffusers", "transformers")
 
 

@@ -17,9 +17,15 @@ class CheckError(RuntimeError):
     """An exported graph failed a structural check."""
 
 
+# Domains whose ops onnxruntime itself implements (com.microsoft: its contrib ops, e.g. the
+# fused MultiHeadAttention of export/attention_onnx.py); any other domain is a plugin's.
+ORT_DOMAINS = ("", "ai.onnx", "com.microsoft")
+
+
 def custom_ops(path: Path) -> list[str]:
+    """The ops onnxruntime cannot run (TensorRT plugins), as ``domain::op``."""
     model = onnx.load(str(path), load_external_data=False)
-    return sorted({f"{n.domain}::{n.op_type}" for n in model.graph.node if n.domain not in ("", "ai.onnx")})
+    return sorted({f"{n.domain}::{n.op_type}" for n in model.graph.node if n.domain not in ORT_DOMAINS})
 
 
 def check_onnx(path: Path, spec: GraphSpec) -> dict[str, Any]:
@@ -27,11 +33,16 @@ def check_onnx(path: Path, spec: GraphSpec) -> dict[str, Any]:
 
     Both run on the path, which is what works for models beyond 2 GB with external data.
     """
+    from export.attention_onnx import count_ops
+
     onnx.checker.check_model(str(path))
     custom = custom_ops(path)
+    proto = onnx.load(str(path), load_external_data=False)
+    # onnx has no schema for non-standard domains: strict inference would stop at their nodes
+    standard = all(n.domain in ("", "ai.onnx") for n in proto.graph.node)
     inferred_path = path.with_name(path.stem + ".inferred.onnx")
     try:
-        onnx.shape_inference.infer_shapes_path(str(path), str(inferred_path), check_type=True, strict_mode=not custom)
+        onnx.shape_inference.infer_shapes_path(str(path), str(inferred_path), check_type=True, strict_mode=standard)
         inferred = onnx.load(str(inferred_path), load_external_data=False)
     finally:
         inferred_path.unlink(missing_ok=True)
@@ -43,7 +54,7 @@ def check_onnx(path: Path, spec: GraphSpec) -> dict[str, Any]:
         if len(got) != len(want) or any(isinstance(w, int) and g != w for g, w in zip(got, want)):
             raise CheckError(f"{spec.name}.{t.name}: inferred shape {got} does not match the spec {want}")
     opsets = {o.domain or "ai.onnx": o.version for o in inferred.opset_import}
-    return {"opset": opsets.get("ai.onnx"), "nodes": len(graph.node), "custom_ops": custom}
+    return {"opset": opsets.get("ai.onnx"), "nodes": len(graph.node), "custom_ops": custom, **count_ops(proto)}
 
 
 def sample_points(spec: GraphSpec) -> list[str]:

@@ -2,7 +2,8 @@
 
 Steps: trace with ``torch.export.export(strict=False)`` using the spec's dynamic dims, translate
 with ``torch.onnx.export(dynamo=True)`` at the spec's opset (5-D sampling in the spec's form,
-see export/grid_sample_onnx.py), run a light optimisation, give the graph's inputs and outputs
+see export/grid_sample_onnx.py; attention as the target's fused op, see export/attention_onnx.py),
+run a light optimisation, give the graph's inputs and outputs
 the spec's names and symbolic dims, and save the weights as external data (full-size graphs
 exceed protobuf's 2 GB limit).
 
@@ -28,6 +29,7 @@ from diffusers.models.upsampling import Upsample2D
 from torch import nn
 
 from engine.graph_spec import GraphSpec
+from export import attention_onnx
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +120,18 @@ def _name_io(model: ir.Model, spec: GraphSpec) -> None:
         value.shape = ir.Shape(spec.onnx_shape(t))
 
 
-def export_module(spec: GraphSpec, module: nn.Module, path: Path, opset: int | None = None) -> ir.Model:
-    """Export ``module`` (spec.factory(nets)) to ``path`` with its weights in ``path + '.data'``."""
+def export_module(spec: GraphSpec, module: nn.Module, path: Path, opset: int | None = None,
+                  attention: str = "mha") -> ir.Model:
+    """Export ``module`` (spec.factory(nets)) to ``path`` with its weights in ``path + '.data'``.
+
+    ``attention`` is the form of every scaled-dot-product attention (attention_onnx.FORMS); the
+    opset is raised to what that form needs (23 for "onnx23").
+    """
     module = module.eval()
     sample = spec.sample_inputs("export")
     args = tuple(sample[n] for n in spec.input_names)
-    opset = opset or spec.opset
+    opset = attention_onnx.export_opset(attention, opset or spec.opset)
+    attention_table = attention_onnx.translation_table(attention)
     with torch.no_grad(), export_patches(), _quiet_exporter(), _grid_sample_form(spec.grid_sample) as table:
         program = torch.export.export(module, args, dynamic_shapes=spec.dynamic_shapes(), strict=False)
         onnx_program = torch.onnx.export(
@@ -131,12 +139,13 @@ def export_module(spec: GraphSpec, module: nn.Module, path: Path, opset: int | N
             args,
             dynamo=True,
             opset_version=opset,
-            custom_translation_table=table or None,
+            custom_translation_table={**table, **attention_table} or None,
             optimize=False,
             verbose=False,
         )
     model = onnx_program.model
     light_optimize(model)
+    attention_onnx.trim_attention_outputs(model)
     _name_io(model, spec)
     model.graph.name = spec.name
     model.producer_name = "frvd-engine"

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from engine import modes
 from engine.config import WindowConfig
 from engine.windows import window_indices
 
@@ -45,7 +46,8 @@ def test_json_written_and_complete(tiny_report: tuple[dict[str, Any], Path]) -> 
     assert path.is_file()
     for key in ("networks", "per_window_step", "per_video", "per_frame", "share", "floor_seconds", "release_reported"):
         assert key in report
-    assert set(report["networks"]) == set(cf.UNITS)
+    # networks a mode never calls are left out (exact: no conditional-only calls)
+    assert set(cf.UNITS) - set(report["networks"]) == {"wfm_cond", "unet_cond"}
 
 
 def test_every_network_has_flops(tiny_report: tuple[dict[str, Any], Path]) -> None:
@@ -98,7 +100,7 @@ def test_floors_scale_with_rate(tiny_report: tuple[dict[str, Any], Path]) -> Non
 
 
 def test_calls_pad_short_clips() -> None:
-    calls = cf.calls_per_video(5, 2, WindowConfig())
+    calls = cf.calls_per_video(5, modes.resolve(steps=2), WindowConfig().size)
     assert calls["vae_decoder"] == calls["head_net"] == 14  # padded to one window, as the pipeline does
     assert calls["motion_extractor"] == 15  # + the source
     assert calls["wfm"] == 2

@@ -125,4 +125,4 @@ def test_sample_ddim_equals_euler_in_this_parametrisation() -> None:
 
 def test_unknown_sampler_is_rejected() -> None:
     with pytest.raises(ValueError, match="euler"):
-        sampling.make_schedule("heun", 10, SVD_XT_SCHEDULER)
+        sampling.make_schedule("lms", 10, SVD_XT_SCHEDULER)

@@ -17,9 +17,11 @@ __all__ = ["BACKENDS", "Backend", "BackendError", "GraphRunner", "create_backend
 
 
 def torch_specs(model: Any, size: int, window: int, time_context: str) -> dict:
-    from engine.graphs import GraphOptions, build_specs
+    from engine.graphs import ALL_GRAPH_NAMES, GraphOptions, build_specs
 
-    return build_specs(model, GraphOptions(image_size=size, window=window, time_context=time_context))
+    # eager modules cost nothing until called: the fast modes' graphs are always there
+    opts = GraphOptions(image_size=size, window=window, time_context=time_context)
+    return build_specs(model, opts, ALL_GRAPH_NAMES)
 
 
 def precision_for_dtype(kind: str, dtype: str) -> str:

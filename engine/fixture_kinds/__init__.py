@@ -5,13 +5,13 @@ Each kind module exposes ``reproduce(fixture_dir: Path, **options) -> list[Tenso
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
+from engine.config import read_json_object
 from engine.errors import InputError
 
 
@@ -43,16 +43,7 @@ class TensorCheck:
 def read_config(fixture_dir: Path, kind: str) -> dict:
     """A kind's JSON config; any way of failing is one InputError naming the file."""
     path = Path(fixture_dir) / f"{kind}_config.json"
-    try:
-        config = json.loads(path.read_text())
-    except OSError as err:
-        raise InputError(f"fixture config {path} cannot be read ({err.strerror or err})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        where = f" (line {err.lineno}, column {err.colno})" if isinstance(err, json.JSONDecodeError) else ""
-        raise InputError(f"fixture config {path} is not valid JSON{where}: copy it again") from None
-    if not isinstance(config, dict):
-        raise InputError(f"fixture config {path} is JSON but not an object: copy it again")
-    return config
+    return read_json_object(path, InputError, "fixture config", "copy it again")
 
 
 def read_tensors(fixture_dir: Path, filename: str) -> dict[str, torch.Tensor]:

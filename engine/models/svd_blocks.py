@@ -14,6 +14,7 @@ from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.resnet import Downsample2D, SpatioTemporalResBlock, Upsample2D
 from torch import nn
 
+from engine.models import block_ops
 from engine.models.time_context import SpatioTemporalTransformer
 
 CROSS_ATTN_DOWN = "CrossAttnDownBlockSpatioTemporal"
@@ -56,6 +57,9 @@ class FullTemporalTransformer(nn.Module):
         self.time_proj = Timesteps(in_channels, True, 0)
         self.proj_out = nn.Linear(inner_dim, in_channels)
         self.proj_residual = nn.Linear(inner_dim, in_channels)
+        for block in self.transformer_blocks:
+            block_ops.check_plain_block(block)
+        self._cache = block_ops.ShapeCache()
 
     def forward(self, hidden_states: torch.Tensor, image_only_indicator: torch.Tensor) -> torch.Tensor:
         """``[B*F, C, h, w]`` -> ``[B*F, C, h, w]`` (no identity path)."""
@@ -72,18 +76,24 @@ class FullTemporalTransformer(nn.Module):
         residual = self.proj_residual(tokens)
         hidden_states = self.proj_in(tokens)
 
-        # 3. token-index embedding, identical for every video: [N] -> [1, N, C]
-        positions = torch.arange(num_tokens, device=tokens.device)
-        pos_emb = self.time_pos_embed(self.time_proj(positions).to(tokens.dtype))[None]
+        # 3. token-index embedding, identical for every video and every call: [N] -> [1, N, C]
+        pos_emb = self._position_embedding(num_tokens, tokens)
 
         # 4. self-attention blocks, position embedding added after each
         for block in self.transformer_blocks:
-            hidden_states = block(hidden_states) + pos_emb
+            hidden_states = block_ops.spatial_block(block, hidden_states, None).add_(pos_emb)
 
         # 5. [B, F*h*w, C] -> [B*F, C, h, w] for both paths
-        hidden_states = self.proj_out(hidden_states) + residual
+        hidden_states = self.proj_out(hidden_states).add_(residual)
         hidden_states = hidden_states.reshape(batch_frames, height, width, channels).permute(0, 3, 1, 2)
         return hidden_states.contiguous()
+
+    def _position_embedding(self, num_tokens: int, like: torch.Tensor) -> torch.Tensor:
+        def compute() -> torch.Tensor:
+            positions = torch.arange(num_tokens, device=like.device)
+            return self.time_pos_embed(self.time_proj(positions).to(like.dtype))[None]
+
+        return self._cache.get((num_tokens, like.device, like.dtype), self.time_pos_embed, compute)
 
 
 class SpatioTemporalDownBlock(nn.Module):

@@ -26,7 +26,9 @@ from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.resnet import AlphaBlender
 from torch import nn
 
-TIME_CONTEXT_MODES = ("release", "fixed")
+from engine.models import block_ops
+
+TIME_CONTEXT_MODES = ("release", "fixed", "release_cond")
 
 
 def check_time_context(mode: str, cfg_group: int) -> None:
@@ -50,21 +52,37 @@ def temporal_context(
     row ``r = b*num_pixels + p`` (group-local) gets the context of group member ``r mod G``, which is what
     0.27.2's ``broadcast_to(h*w, B, ...)`` + ``reshape(h*w*B, ...)`` produced.
     """
-    check_time_context(mode, cfg_group)
     batch = encoder_hidden_states.shape[0] // num_frames
     seq, channels = encoder_hidden_states.shape[-2:]
     # [B*F, L, C] -> [B, L, C]: SVD conditions every frame on the same (first-frame) context
     first = encoder_hidden_states.reshape(batch, num_frames, seq, channels)[:, 0]
+    return temporal_rows(first, num_pixels, mode, cfg_group)
 
+
+def temporal_rows(
+    per_video: torch.Tensor, num_pixels: int, mode: str = "release", cfg_group: int = 2
+) -> torch.Tensor:
+    """``[B, L, C]`` (one entry per video) -> ``[B*num_pixels, L, C]`` in the layout ``mode`` gives the
+    temporal rows (see ``temporal_context``). Applied to the context itself, or to anything computed
+    from it row by row (the one-token cross-attention output)."""
+    check_time_context(mode, cfg_group)
+    batch, seq, channels = per_video.shape
+    if mode == "release_cond":
+        # conditional rows run without their unconditional partners (engine.guidance): the release pair's
+        # cond row reads member (P + p) mod 2 at pixel p - the partner's zero context where that is 0.
+        # Zeros are a context value, so this layout applies to the context, not to values computed from it.
+        member = (num_pixels + torch.arange(num_pixels, device=per_video.device)) % 2
+        ctx = per_video[:, None] * member.to(per_video.dtype)[None, :, None, None]
+        return ctx.reshape(batch * num_pixels, seq, channels)
     if mode == "fixed":
         # [B, L, C] -> [B, P, L, C] -> [B*P, L, C]
-        ctx = first[:, None].expand(batch, num_pixels, seq, channels)
+        ctx = per_video[:, None].expand(batch, num_pixels, seq, channels)
         return ctx.reshape(batch * num_pixels, seq, channels)
 
     group = cfg_group if batch % cfg_group == 0 else batch
     groups = batch // group
     # [B, L, C] -> [n, 1, G, L, C] -> [n, P, G, L, C] -> [n*P*G, L, C]  (rows (p g) inside each group)
-    ctx = first.reshape(groups, 1, group, seq, channels).expand(groups, num_pixels, group, seq, channels)
+    ctx = per_video.reshape(groups, 1, group, seq, channels).expand(groups, num_pixels, group, seq, channels)
     return ctx.reshape(batch * num_pixels, seq, channels)
 
 
@@ -109,6 +127,9 @@ class SpatioTemporalTransformer(nn.Module):
         self.time_proj = Timesteps(in_channels, True, 0)
         self.time_mixer = AlphaBlender(alpha=0.5, merge_strategy="learned_with_images")
         self.proj_out = nn.Linear(inner_dim, in_channels)
+        for block in (*self.transformer_blocks, *self.temporal_transformer_blocks):
+            block_ops.check_plain_block(block)
+        self._cache = block_ops.ShapeCache()
 
     def forward(
         self,
@@ -116,14 +137,18 @@ class SpatioTemporalTransformer(nn.Module):
         encoder_hidden_states: torch.Tensor,
         image_only_indicator: torch.Tensor,
     ) -> torch.Tensor:
-        """``[B*F, C, h, w]``, context ``[B*F, L, D]``, indicator ``[B, F]`` -> ``[B*F, C, h, w]``."""
-        # 1. shapes and the temporal blocks' context
+        """``[B*F, C, h, w]``, context ``[B*F, L, D]``, indicator ``[B, F]`` -> ``[B*F, C, h, w]``.
+
+        The blocks run through ``block_ops`` (diffusers' arithmetic, less work): the one-token
+        cross-attentions are computed once per call from the context, not per token.
+        """
+        # 1. shapes and the temporal blocks' per-video context [B, L, D]
         batch_frames, _, height, width = hidden_states.shape
         num_frames = image_only_indicator.shape[-1]
         batch = batch_frames // num_frames
-        time_context = temporal_context(
-            encoder_hidden_states, num_frames, height * width, self.time_context, self.cfg_group
-        )
+        seq, dim = encoder_hidden_states.shape[-2:]
+        first = encoder_hidden_states.reshape(batch, num_frames, seq, dim)[:, 0]
+        time_context = None  # [B*h*w, L, D], built on first use
 
         # 2. norm + input projection: [B*F, C, h, w] -> [B*F, h*w, C]
         residual = hidden_states
@@ -132,26 +157,43 @@ class SpatioTemporalTransformer(nn.Module):
         hidden_states = hidden_states.permute(0, 2, 3, 1).reshape(batch_frames, height * width, channels)
         hidden_states = self.proj_in(hidden_states)
 
-        # 3. frame-index embedding, one row per (b, f): [F] -> [B*F, 1, C]
-        frame_ids = torch.arange(num_frames, device=hidden_states.device).repeat(batch)
-        frame_emb = self.time_pos_embed(self.time_proj(frame_ids).to(hidden_states.dtype))[:, None, :]
+        # 3. frame-index embedding, one row per (b, f): [F] -> [B*F, 1, C] (depends on shapes only)
+        frame_emb = self._frame_embedding(num_frames, batch, hidden_states)
+        alpha = self._mix_alpha(image_only_indicator, hidden_states.dtype)  # [B*F, 1, 1]
 
         # 4. spatial block, then temporal block on (hidden + frame emb), blended by the learned alpha
         for block, temporal_block in zip(self.transformer_blocks, self.temporal_transformer_blocks):
-            hidden_states = block(hidden_states, encoder_hidden_states=encoder_hidden_states)
-            hidden_states_mix = temporal_block(
-                hidden_states + frame_emb, num_frames=num_frames, encoder_hidden_states=time_context
+            cross = None
+            if block.attn2 is not None:  # [B*F, 1, C]: the image embedding's value, for every token
+                cross = block_ops.single_token_cross_attention(block.attn2, encoder_hidden_states)
+            hidden_states = block_ops.spatial_block(block, hidden_states, cross)
+            time_cross = None
+            if temporal_block.attn2 is not None:  # [B*h*w, 1, C], rows in the layout's order
+                if time_context is None:
+                    time_context = temporal_rows(first, height * width, self.time_context, self.cfg_group)
+                time_cross = block_ops.single_token_cross_attention(temporal_block.attn2, time_context)
+            hidden_states_mix = block_ops.temporal_block(
+                temporal_block, hidden_states + frame_emb, num_frames, time_cross
             )
-            hidden_states = self.time_mixer(
-                x_spatial=hidden_states,
-                x_temporal=hidden_states_mix,
-                image_only_indicator=image_only_indicator,
-            )
+            # AlphaBlender: alpha * spatial + (1 - alpha) * temporal
+            hidden_states = (alpha * hidden_states).add_(hidden_states_mix.mul_(1.0 - alpha))
 
         # 5. output projection: [B*F, h*w, C] -> [B*F, C, h, w], plus the input residual
         hidden_states = self.proj_out(hidden_states)
         hidden_states = hidden_states.reshape(batch_frames, height, width, channels).permute(0, 3, 1, 2)
-        return hidden_states.contiguous() + residual
+        return hidden_states.contiguous().add_(residual)
+
+    def _frame_embedding(self, num_frames: int, batch: int, like: torch.Tensor) -> torch.Tensor:
+        def compute() -> torch.Tensor:
+            frame_ids = torch.arange(num_frames, device=like.device).repeat(batch)
+            return self.time_pos_embed(self.time_proj(frame_ids).to(like.dtype))[:, None, :]
+
+        key = ("frames", num_frames, batch, like.device, like.dtype)
+        return self._cache.get(key, self.time_pos_embed, compute)
+
+    def _mix_alpha(self, image_only_indicator: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """AlphaBlender's ``learned_with_images`` factor, ``[B, F] -> [B*F, 1, 1]``."""
+        return self.time_mixer.get_alpha(image_only_indicator, 3).to(dtype)
 
 
 def set_time_context(model: nn.Module, mode: str, cfg_group: int = 2) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from engine import conditioning, sampling, windows
+from engine import conditioning, modes, sampling, windows
 from engine.config import RunConfig
 from engine.runtime.common import HeadStore, Noise, guidance_scales, timestep_for
 from engine.runtime.control import RunControl, StageTimer
@@ -61,6 +61,7 @@ class ExactRun:
     timer: StageTimer = field(default_factory=StageTimer)
     record: Record | None = None
     relative: bool = True
+    split: bool = False  # the split wfm + unet graphs even when nothing is reused (tests: k = 1 == exact)
     num_frames: int = 0  # driving frames read (set by the motion step)
 
     # 2. ------------------------------------------------------------------------------ motion
@@ -92,25 +93,31 @@ class ExactRun:
     def model_fn(self, cond: RunConditioning, heads: HeadStore, schedule: sampling.Schedule,
                  on_window: Callable[[int, WindowOutput], None] | None = None,
                  on_guided: Callable[[torch.Tensor], None] | None = None) -> sampling.ModelFn:
-        """x [F, 4, h, w], sigma -> denoised [F, 4, h, w]: window-blended CFG pairs, guidance."""
-        wc = self.cfg.windows
+        """x [F, 4, h, w], sigma -> denoised [F, 4, h, w]: window-blended CFG pairs (or conditional rows,
+        per the run's guidance strategy), guidance; the WFM reused as the mode's plan says."""
+        wc, s = self.cfg.windows, self.cfg.sampler
         all_windows = windows.window_indices(heads.count, wc.size, wc.overlap)
         weight = windows.window_weights(len(all_windows[0]))[:, None, None, None]  # [T, 1, 1, 1]
         guidance = guidance_scales(self.cfg, heads.count)
         per_call = self.stages.denoise.per_call
         device = self.stages.denoise.backend.device
         weight, guidance = weight.to(device), guidance.to(device)
-        progress = {"done": 0, "total": len(all_windows) * (len(schedule.sigmas) - 1)}
+        plan = iter(modes.eval_plan(s.sampler, schedule.sigmas, s.guidance_mode, s.wfm_every))
+        cache = {} if s.wfm_every > 1 or self.split else None  # WFM outputs per window group
+        progress = {"done": 0, "total": len(all_windows) * len(sampling.eval_sigmas(s.sampler, schedule.sigmas))}
 
         def model_fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            ev = next(plan)
             timestep = timestep_for(schedule, sigma)
-            pred = torch.zeros(2, *x.shape, device=x.device)  # [2, F, 4, h, w] (uncond, cond), float32
+            rows = 2 if ev.cfg else 1
+            pred = torch.zeros(rows, *x.shape, device=x.device)  # [rows, F, 4, h, w] (uncond, cond), float32
             count = torch.zeros(x.shape[0], device=x.device)
             for start in range(0, len(all_windows), per_call):
                 group = all_windows[start : start + per_call]
                 items = [WindowInput(x[idx], sigma, timestep, heads.gather(idx)) for idx in group]
                 with self.timer("denoise"):
-                    outs = self.stages.denoise(items, cond)
+                    outs = self.stages.denoise(items, cond, cfg=ev.cfg, wfm=ev.wfm, cache=cache,
+                                               kv_downsample=self.cfg.kv_downsample)
                 for k, (idx, out) in enumerate(zip(group, outs, strict=True)):
                     pred[:, idx] += out.noise_pred * weight
                     count[idx] += weight[:, 0, 0, 0]
@@ -119,7 +126,7 @@ class ExactRun:
                 progress["done"] += 1
                 self.control.report("denoise", progress["done"], progress["total"])
             pred = pred / count[:, None, None, None]
-            guided = pred[0] + guidance * (pred[1] - pred[0])
+            guided = pred[0] + guidance * (pred[1] - pred[0]) if ev.cfg else pred[0]
             if on_guided is not None:
                 on_guided(guided)
             return sampling.v_to_x0(guided, x, sigma)
@@ -128,7 +135,7 @@ class ExactRun:
 
     def denoise(self, cond: RunConditioning, heads: HeadStore) -> torch.Tensor:
         s = self.cfg.sampler
-        schedule = sampling.make_schedule(s.sampler, s.steps, s.scheduler)
+        schedule = sampling.make_schedule(s.sampler, s.steps, s.scheduler, s.schedule)
         latents = self.noise.initial_latents(range(heads.count), schedule)  # [F, 4, h, w]
         latents = latents.to(self.stages.denoise.backend.device)
         rec = _StepRecorder(self.record)

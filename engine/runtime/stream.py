@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine import conditioning, sampling
+from engine import conditioning, modes, sampling
 from engine.config import RunConfig
 from engine.errors import EngineError
 from engine.runtime.common import Noise, guidance_scales, timestep_for
@@ -98,7 +98,8 @@ class StreamRunner:
         self.motion = stages.motion(source, relative)
         self.cond = stages.source.conditioning(source, noise.aug)
         s = cfg.sampler
-        self.schedule = sampling.make_schedule(s.sampler, s.steps, s.scheduler)
+        self.schedule = sampling.make_schedule(s.sampler, s.steps, s.scheduler, s.schedule)
+        self.plan_evals = modes.eval_plan(s.sampler, self.schedule.sigmas, s.guidance_mode, s.wfm_every)
         self.guidance = guidance_scales(cfg, self.plan.size).to(stages.denoise.backend.device)
         # bounded queues: input frames, per-frame head latents, finished latents, output frames
         self.inputs: queue.Queue = queue.Queue(maxsize=queue_frames)
@@ -206,12 +207,16 @@ class StreamRunner:
         heads = torch.stack([self.heads[i] for i in window])
         z0 = torch.stack([self.known[window[p]] for p in known_pos]) if known_pos else None
         schedule = self.schedule
+        plan = iter(self.plan_evals)
+        cache = {} if self.cfg.sampler.wfm_every > 1 else None  # this window's WFM outputs (reuse)
 
         def model_fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            ev = next(plan)
             item = WindowInput(x, sigma, timestep_for(schedule, sigma), heads)
             with self.timer("denoise"):
-                pred = self.stages.denoise([item], self.cond)[0].noise_pred
-            guided = pred[0] + self.guidance * (pred[1] - pred[0])
+                pred = self.stages.denoise([item], self.cond, cfg=ev.cfg, wfm=ev.wfm, cache=cache,
+                                           kv_downsample=self.cfg.kv_downsample)[0].noise_pred
+            guided = pred[0] + self.guidance * (pred[1] - pred[0]) if ev.cfg else pred[0]
             denoised = sampling.v_to_x0(guided, x, sigma)
             if z0 is not None:
                 denoised[known_pos] = z0  # the release's first_n_frames pinning, in x0 form

@@ -1,0 +1,79 @@
+"""Named approximations of the networks themselves (not of the sampling loop).
+
+``kv_downsample(module, 2)``: inside the WFM's full spatio-temporal attentions, keys and values
+come from the 2x2 average of the (normalised) tokens of each frame, so every query attends to
+F * h/2 * w/2 tokens instead of F * h * w: 4x less attention work (QK^T, PV and the K/V
+projections; the projections are affine, so pooling before them equals pooling K and V). The
+queries keep full resolution, so the output does too. At the official size the first block's
+two attentions over 57,344 tokens are a quarter of all the work (docs/cost_model.md).
+
+It is installed around a call and removed after: each full attention's ``to_k`` / ``to_v`` is
+wrapped by a module that pools its input first, so whichever attention forward runs (diffusers'
+processor or a lean one) sees pooled keys and values. Exact mode never sees it; exported graphs
+never contain it (torch backend only). Grids with an odd side stay exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from diffusers.models.attention_processor import Attention
+from torch import nn
+
+from engine.models.svd_blocks import FullTemporalTransformer
+
+
+class PooledProjection(nn.Module):
+    """``proj(pool(x))``: x [N, F*h*w, C] tokens ordered (frame, y, x), pooled f x f per frame."""
+
+    def __init__(self, proj: nn.Module, factor: int, grid: list[tuple[int, int, int]]) -> None:
+        super().__init__()
+        self.proj, self.factor, self.grid = proj, factor, grid  # grid[0]: (frames, h, w) of the current call
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        frames, h, w = self.grid[0]
+        f = self.factor
+        if h % f or w % f or x.shape[1] != frames * h * w:
+            return self.proj(x)
+        n, _, c = x.shape
+        pooled = x.reshape(n, frames, h // f, f, w // f, f, c).mean(dim=(3, 5)).reshape(n, -1, c)
+        return self.proj(pooled)
+
+
+def pooled_tokens(tokens: int, frames: int, h: int, w: int, factor: int) -> int:
+    """Key/value count of one full attention over ``tokens`` queries under ``factor`` pooling."""
+    if factor == 1 or h % factor or w % factor or tokens != frames * h * w:
+        return tokens
+    return frames * (h // factor) * (w // factor)
+
+
+@contextlib.contextmanager
+def kv_downsample(module: nn.Module, factor: int) -> Iterator[None]:
+    """Within the block, every full attention under ``module`` uses ``factor`` x ``factor``-pooled keys/values."""
+    if factor == 1:
+        yield
+        return
+    swapped: list[tuple[Attention, str, nn.Module]] = []
+    hooks = []
+    try:
+        for block in [m for m in module.modules() if isinstance(m, FullTemporalTransformer)]:
+            grid: list[tuple[int, int, int]] = [(0, 0, 0)]
+
+            def record(mod: nn.Module, args: tuple, grid: list = grid) -> None:
+                hidden, indicator = args[0], args[1]
+                grid[0] = (int(indicator.shape[-1]), int(hidden.shape[-2]), int(hidden.shape[-1]))
+
+            hooks.append(block.register_forward_pre_hook(record))
+            for attn in [m for m in block.modules() if isinstance(m, Attention)]:
+                for name in ("to_k", "to_v"):
+                    original = getattr(attn, name)
+                    swapped.append((attn, name, original))
+                    setattr(attn, name, PooledProjection(original, factor, grid))
+        yield
+    finally:
+        for attn, name, original in reversed(swapped):
+            setattr(attn, name, original)
+        for hook in hooks:
+            hook.remove()

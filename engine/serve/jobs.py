@@ -1,0 +1,199 @@
+"""``/v1/jobs``: submit (multipart), read, follow (Server-Sent Events), download (with ranges),
+delete (cancels a running job and removes its files)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from PIL import Image
+
+from engine.io import iter_video_frames, load_image, probe_video
+from engine.serve import auth, uploads
+from engine.serve.context import Context
+from engine.serve.errors import ApiError, busy, invalid, not_found, too_large
+from engine.serve.options import JOB_FIELDS, parse
+from engine.serve.store import TERMINAL, Job, parse_id
+from engine.serve.worker import RESULT
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(auth.require)])
+SSE_POLL = 0.25  # seconds between looks at a job's state
+SSE_KEEPALIVE = 15.0
+
+
+def ctx_of(request: Request) -> Context:
+    return request.app.state.ctx
+
+
+def not_ready() -> ApiError:
+    return ApiError(503, "server", "the server is still loading its engines", "retry in a few seconds (see /readyz)",
+                    {"Retry-After": "5"})
+
+
+def _check_source(path: Path, size: int, max_pixels: int) -> None:
+    try:
+        with Image.open(path) as img:  # the header only: refuse a huge image before decoding it
+            w, h = img.size
+    except Exception:  # noqa: BLE001 - not an image: load_image below says so in the CLI's words
+        w = h = 0
+    if w * h > max_pixels:
+        raise too_large("source", f"the source image is {w}x{h}, over this server's {max_pixels:,} pixel limit",
+                        "downscale it (e.g. to 1024x1024)")
+    load_image(path, size)
+
+
+def _first_frame(path: Path, size: int) -> None:
+    if next(iter(iter_video_frames(path, size, 1)), None) is None:
+        raise invalid("driving", "the driving video has no frames", "pass a clip with at least one frame")
+
+
+@router.post("/jobs", status_code=202)
+async def submit(request: Request) -> JSONResponse:
+    ctx = ctx_of(request)
+    cfg = ctx.config
+    try:
+        if not ctx.engines.ready.is_set():
+            raise not_ready()
+        if ctx.store.waiting() >= cfg.max_queue:  # before reading the body: no upload wasted
+            raise _queue_full(cfg.max_queue)
+        job_id = str(uuid.uuid4())
+        folder = ctx.store.folder(job_id)
+        folder.mkdir(parents=True)
+        try:
+            up = await uploads.receive(request, folder, {"source": ("image/",), "driving": ("video/",)},
+                                       JOB_FIELDS, cfg.max_upload_bytes)
+            options = parse(up.texts, cfg, ctx.engines.size, JOB_FIELDS)
+            size = ctx.engines.size
+            await _validate(up, cfg.max_pixels, cfg.max_frames, options.max_frames, size)
+            record = {**options.to_json(), "names": up.names}
+            position = ctx.store.add(job_id, record, cfg.max_queue)
+            if position is None:
+                raise _queue_full(cfg.max_queue)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+    except ApiError as err:
+        ctx.metrics.jobs_rejected.labels(str(err.status)).inc()
+        raise
+    ctx.metrics.jobs_submitted.inc()
+    ctx.worker.wake()
+    return JSONResponse({"id": job_id, "state": "queued", "position": position, "url": f"/v1/jobs/{job_id}"},
+                        status_code=202, headers={"Location": f"/v1/jobs/{job_id}"})
+
+
+async def _validate(up: uploads.Upload, max_pixels: int, max_frames: int, asked: int | None, size: int) -> None:
+    src, drv = up.files["source"], up.files["driving"]
+    await uploads.validate(lambda p: _check_source(p, size, max_pixels), src, up.names["source"], "source")
+    info = await uploads.validate(probe_video, drv, up.names["driving"], "driving")
+    if info.width * info.height > max_pixels:
+        raise too_large("driving", f"the driving video is {info.width}x{info.height}, over this server's "
+                        f"{max_pixels:,} pixel limit per frame", "downscale it (e.g. to 512x512)")
+    frames = min(info.frame_count, asked) if asked else info.frame_count
+    if frames > max_frames:
+        raise too_large("driving", f"the driving video has {frames} frames, over this server's limit of {max_frames}",
+                        f"trim it, or send max_frames={max_frames} to use only its start")
+    # the header can look fine over a corrupt stream: decode one frame now rather than fail later
+    await uploads.validate(lambda p: _first_frame(p, size), drv, up.names["driving"], "driving")
+
+
+def _queue_full(limit: int) -> ApiError:
+    return busy("queue", f"{limit} jobs are already waiting", "retry later (Retry-After says when to try)", 10)
+
+
+def _job(ctx: Context, raw_id: str) -> Job:
+    job_id = parse_id(raw_id)
+    job = ctx.store.get(job_id) if job_id else None
+    if job is None:
+        raise not_found()
+    return job  # a 'deleting' job (DELETE accepted, its run not yet stopped) is shown until it is gone
+
+
+def _view(ctx: Context, job: Job) -> dict:
+    out = job.public()
+    live = ctx.worker.live.get(job.id)
+    if live and job.state == "running":
+        out["stage"], out["done"], out["total"] = live
+    return out
+
+
+@router.get("/jobs")
+async def list_jobs(request: Request, limit: int = 100) -> JSONResponse:
+    ctx = ctx_of(request)
+    jobs = [_view(ctx, j) for j in ctx.store.list(max(1, min(limit, 1000)))]
+    return JSONResponse({"jobs": jobs})
+
+
+@router.get("/jobs/{job_id}")
+async def get_job(job_id: str, request: Request) -> JSONResponse:
+    ctx = ctx_of(request)
+    return JSONResponse(_view(ctx, _job(ctx, job_id)))
+
+
+@router.get("/jobs/{job_id}/events")
+async def job_events(job_id: str, request: Request) -> StreamingResponse:
+    ctx = ctx_of(request)
+    first = _job(ctx, job_id)
+
+    async def events() -> AsyncIterator[str]:
+        last, job, quiet_since = None, first, time.monotonic()
+        while True:
+            view = _view(ctx, job)
+            key = (view["state"], view["stage"], view["done"], view["total"])
+            if key != last:
+                last, quiet_since = key, time.monotonic()
+                yield _sse("progress", view)
+            if job.state in TERMINAL:
+                yield _sse(job.state, view)
+                return
+            if time.monotonic() - quiet_since > SSE_KEEPALIVE:
+                quiet_since = time.monotonic()
+                yield ": keep-alive\n\n"
+            await asyncio.sleep(SSE_POLL)
+            if await request.is_disconnected():
+                return
+            job = ctx.store.get(first.id)
+            if job is None or job.state == "deleting":
+                yield _sse("deleted", {"id": first.id, "state": "deleted"})
+                return
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _sse(event: str, data: dict) -> str:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+@router.get("/jobs/{job_id}/result", response_model=None)
+async def job_result(job_id: str, request: Request) -> FileResponse:
+    ctx = ctx_of(request)
+    job = _job(ctx, job_id)
+    path = ctx.store.folder(job.id) / RESULT
+    if job.state != "done" or not path.is_file():
+        raise ApiError(409, "state", f"the job is {job.state}, it has no result",
+                       "wait for its 'done' event (GET /v1/jobs/{id}/events)" if job.state in ("queued", "running")
+                       else "see its error; resubmit it")
+    return FileResponse(path, media_type="video/mp4", filename=f"{job.id}.mp4")
+
+
+@router.delete("/jobs/{job_id}")
+async def delete_job(job_id: str, request: Request) -> JSONResponse:
+    ctx = ctx_of(request)
+    job = _job(ctx, job_id)
+    if job.state == "deleting":
+        return JSONResponse({"id": job.id, "state": "deleting"}, status_code=202)
+    before = ctx.store.mark_deleting(job.id)
+    if before is None:
+        raise not_found()
+    if before == "running":
+        ctx.worker.cancel(job.id)  # the worker removes it when the render stops (next step boundary)
+        return JSONResponse({"id": job.id, "state": "deleting"}, status_code=202)
+    await asyncio.to_thread(ctx.store.remove, job.id)
+    return JSONResponse({"id": job.id, "state": "deleted"})
