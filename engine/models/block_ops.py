@@ -95,7 +95,7 @@ def single_token_cross_attention(attn: Attention, context: torch.Tensor) -> torc
         raise ValueError(f"expected one context token per row, got {context.shape[-2]}")
     value = attn.to_v(context)
     rows = value.shape[0]
-    pad = 0 if torch.compiler.is_compiling() else -rows % _ROW_PAD
+    pad = 0 if _tracing() else -rows % _ROW_PAD
     if pad:
         value = torch.cat([value, value.new_zeros(pad, *value.shape[1:])])
     return attn.to_out[0](value)[:rows]
@@ -105,20 +105,54 @@ _ROW_PAD = 64
 
 
 def feed_forward(ff: FeedForward, x: torch.Tensor) -> torch.Tensor:
-    """GEGLU feed-forward: ``proj -> a * gelu(gate) -> linear`` (the product formed in place)."""
+    """GEGLU feed-forward: ``proj -> a * gelu(gate) -> linear`` (the product formed in place), over
+    blocks of rows (``CHUNK_ROWS`` per thread) so that the 8x-wide intermediate stays in cache."""
+    rows, chunk = x.numel() // x.shape[-1], _chunk_rows()
+    if rows <= 2 * chunk or not _blocked(x):
+        return _feed_forward(ff, x)
+    flat = x.reshape(rows, x.shape[-1])
+    out = flat.new_empty(rows, ff.net[2].out_features)
+    for start in range(0, rows, chunk):
+        out[start : start + chunk] = _feed_forward(ff, flat[start : start + chunk])
+    return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def _feed_forward(ff: FeedForward, x: torch.Tensor) -> torch.Tensor:
     hidden, gate = ff.net[0].proj(x).chunk(2, dim=-1)
+    # gelu on the strided half as diffusers does: its contiguous kernel rounds differently
     return ff.net[2](F.gelu(gate).mul_(hidden))
 
 
 def spatial_block(block: BasicTransformerBlock, x: torch.Tensor, cross: torch.Tensor | None) -> torch.Tensor:
     """``BasicTransformerBlock`` (layer norms, self-attention, optional one-token cross-attention whose
-    output ``cross`` [N, 1, C] is precomputed, GEGLU). ``x`` [N, L, C] is not modified."""
+    output ``cross`` [N, 1, C] is precomputed, GEGLU). ``x`` [N, L, C] is not modified.
+
+    Every step is per sequence, so long batches run a few sequences (about ``CHUNK_ROWS`` tokens per
+    thread) at a time: each sequence's numbers are the same, its intermediates stay in cache.
+    """
+    if block.attn2 is not None and cross is None:
+        raise ValueError("this block cross-attends: pass its precomputed context output")
+    return _per_sequence(_spatial_block, block, x, cross)
+
+
+def _spatial_block(block: BasicTransformerBlock, x: torch.Tensor, cross: torch.Tensor | None) -> torch.Tensor:
     x = self_attention(block.attn1, block.norm1(x)).add_(x)
-    if block.attn2 is not None:
-        if cross is None:
-            raise ValueError("this block cross-attends: pass its precomputed context output")
+    if cross is not None:
         x.add_(cross)
     return feed_forward(block.ff, block.norm3(x)).add_(x)
+
+
+def _per_sequence(fn, block: nn.Module, x: torch.Tensor, cross: torch.Tensor | None) -> torch.Tensor:
+    """``fn(block, x, cross)`` over groups of whole sequences (dim 0) of about ``_chunk_rows()`` tokens."""
+    count, length = x.shape[:2]
+    per = max(1, _chunk_rows() // max(length, 1))
+    if count <= per or not _blocked(x):
+        return fn(block, x, cross)
+    out = torch.empty_like(x)
+    for start in range(0, count, per):
+        part = cross[start : start + per] if cross is not None else None
+        out[start : start + per] = fn(block, x[start : start + per], part)
+    return out
 
 
 def temporal_block(
@@ -133,19 +167,47 @@ def temporal_block(
     batch = batch_frames // num_frames
     # [B*F, S, C] -> [B*S, F, C]
     x = x.reshape(batch, num_frames, seq, channels).permute(0, 2, 1, 3).reshape(batch * seq, num_frames, channels)
+    if block.attn2 is not None and cross is None:
+        raise ValueError("this block cross-attends: pass its precomputed context output")
+    out = _per_sequence(_temporal_sequences, block, x, cross)
+    # [B*S, F, C] -> [B*F, S, C]
+    return out.reshape(batch, seq, num_frames, channels).permute(0, 2, 1, 3).reshape(batch_frames, seq, channels)
+
+
+def _temporal_sequences(
+    block: TemporalBasicTransformerBlock, x: torch.Tensor, cross: torch.Tensor | None
+) -> torch.Tensor:
+    """The block on its own layout, [B*S, F, C] (one sequence per pixel); ``x`` may be overwritten."""
     h = feed_forward(block.ff_in, block.norm_in(x))
     if block.is_res:
         h.add_(x)
     h = self_attention(block.attn1, block.norm1(h)).add_(h)
-    if block.attn2 is not None:
-        if cross is None:
-            raise ValueError("this block cross-attends: pass its precomputed context output")
+    if cross is not None:
         h.add_(cross)
     out = feed_forward(block.ff, block.norm3(h))
     if block.is_res:
         out.add_(h)
-    # [B*S, F, C] -> [B*F, S, C]
-    return out.reshape(batch, seq, num_frames, channels).permute(0, 2, 1, 3).reshape(batch_frames, seq, channels)
+    return out
+
+
+def _blocked(x: torch.Tensor) -> bool:
+    """Whether to block the work for cache: on CPU, in eager mode (a GPU gains nothing but launches)."""
+    return x.device.type == "cpu" and not _tracing()
+
+
+def _tracing() -> bool:
+    """Under torch.export / dynamo / jit tracing shapes are symbolic: no Python loops over them."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
+# Tokens per block of work and thread (sequences are kept whole): 1024 x 32 channels x the GEGLU's 8x
+# width is 1 MiB of float32 per thread, which fits a 2 MiB L2 with room for the weights. Scaled by the
+# thread count so that each parallel region still has a thread's worth of rows (fewer barriers).
+CHUNK_ROWS = 1024
+
+
+def _chunk_rows() -> int:
+    return CHUNK_ROWS * max(1, torch.get_num_threads())
 
 
 class ShapeCache:
@@ -164,7 +226,7 @@ class ShapeCache:
         return tuple((p.data_ptr(), p._version) for p in module.parameters())
 
     def get(self, key: tuple, module: nn.Module, compute) -> torch.Tensor:
-        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        if _tracing():
             return compute()
         stamp = self._stamp(module)
         hit = self._entries.get(key)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -109,7 +108,7 @@ class StreamRunner:
         # denoise-worker state, all bounded by the window size
         self.heads: dict[int, torch.Tensor] = {}  # frame 0 and the last size-1 frames
         self.known: dict[int, torch.Tensor] = {}  # clean latents: frame 0 and the last size-1 emitted
-        self.pushed_at: deque[tuple[float, float | None]] = deque()  # for frames not yet emitted
+        self.pushed_at: dict[int, tuple[float, float | None]] = {}  # push time, stamp: frames not yet out
         self.received = self.emitted = self.windows_done = 0
         self._times_lock = threading.Lock()
         self.error: BaseException | None = None
@@ -251,14 +250,19 @@ class StreamRunner:
             now = time.perf_counter()
             for index, frame in zip(indices, frames, strict=True):
                 with self._times_lock:
-                    pushed, stamp = self.pushed_at.popleft()
+                    pushed, stamp = self.pushed_at.pop(index)
                 self.put(self.outputs, StreamFrame(index, frame, now - pushed, stamp))
 
     # -- the caller's side ------------------------------------------------------------------
     def push(self, index: int, frame: np.ndarray, timestamp: float | None, timeout: float | None) -> None:
         with self._times_lock:
-            self.pushed_at.append((time.perf_counter(), timestamp))
-        self._put_caller(self.inputs, (index, frame), timeout)
+            self.pushed_at[index] = (time.perf_counter(), timestamp)
+        try:
+            self._put_caller(self.inputs, (index, frame), timeout)
+        except BaseException:  # not queued (timeout, stall, error): the frame was never pushed
+            with self._times_lock:
+                self.pushed_at.pop(index, None)
+            raise
 
     def end(self) -> None:
         self._put_caller(self.inputs, _END, None)

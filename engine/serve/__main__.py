@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     # a WebSocket message may carry an inline base64 source (4/3 of the upload limit)
     ws_max = max(16 * 2**20, config.max_upload_bytes * 4 // 3) + 4096
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_level=args.log_level, ws_max_size=ws_max,
-                timeout_graceful_shutdown=5, ws="websockets")
+                timeout_graceful_shutdown=5, ws="auto")
     return 0
 
 

@@ -37,7 +37,7 @@ def not_ready() -> ApiError:
                     {"Retry-After": "5"})
 
 
-def _check_source(path: Path, size: int, max_pixels: int) -> None:
+def check_source(path: Path, size: int, max_pixels: int) -> None:
     try:
         with Image.open(path) as img:  # the header only: refuse a huge image before decoding it
             w, h = img.size
@@ -49,9 +49,14 @@ def _check_source(path: Path, size: int, max_pixels: int) -> None:
     load_image(path, size)
 
 
-def _first_frame(path: Path, size: int) -> None:
-    if next(iter(iter_video_frames(path, size, 1)), None) is None:
+def _count_frames(path: Path, limit: int) -> int:
+    """Decode up to ``limit`` frames (at a small size: decoding is the cost) -> how many there were.
+    The container's frame count is only a hint, and a clip can be corrupt past a good header; both
+    are found here, at submission, rather than by a failed job later."""
+    count = sum(1 for _ in iter_video_frames(path, 64, limit))
+    if count == 0:
         raise invalid("driving", "the driving video has no frames", "pass a clip with at least one frame")
+    return count
 
 
 @router.post("/jobs", status_code=202)
@@ -90,17 +95,22 @@ async def submit(request: Request) -> JSONResponse:
 
 async def _validate(up: uploads.Upload, max_pixels: int, max_frames: int, asked: int | None, size: int) -> None:
     src, drv = up.files["source"], up.files["driving"]
-    await uploads.validate(lambda p: _check_source(p, size, max_pixels), src, up.names["source"], "source")
+    await uploads.validate(lambda p: check_source(p, size, max_pixels), src, up.names["source"], "source")
     info = await uploads.validate(probe_video, drv, up.names["driving"], "driving")
     if info.width * info.height > max_pixels:
         raise too_large("driving", f"the driving video is {info.width}x{info.height}, over this server's "
                         f"{max_pixels:,} pixel limit per frame", "downscale it (e.g. to 512x512)")
-    frames = min(info.frame_count, asked) if asked else info.frame_count
+    hint = f"trim it, or send max_frames={max_frames} to use only its start"
+    if asked and asked > max_frames:
+        raise too_large("max_frames", f"max_frames {asked} is over this server's limit of {max_frames}", hint)
+    if not asked and info.frame_count > max_frames:  # refused from the header, before decoding
+        raise too_large("driving", f"the driving video has {info.frame_count} frames, over this server's limit "
+                        f"of {max_frames}", hint)
+    limit = min(asked, max_frames) if asked else max_frames + 1
+    frames = await uploads.validate(lambda p: _count_frames(p, limit), drv, up.names["driving"], "driving")
     if frames > max_frames:
-        raise too_large("driving", f"the driving video has {frames} frames, over this server's limit of {max_frames}",
-                        f"trim it, or send max_frames={max_frames} to use only its start")
-    # the header can look fine over a corrupt stream: decode one frame now rather than fail later
-    await uploads.validate(lambda p: _first_frame(p, size), drv, up.names["driving"], "driving")
+        raise too_large("driving", f"the driving video has more than {max_frames} frames, this server's limit",
+                        hint)
 
 
 def _queue_full(limit: int) -> ApiError:

@@ -6,7 +6,8 @@ Client -> server
     2. binary driving frames: ``IN_HEADER`` (magic ``FRVI``, float64 capture timestamp in the
        client's clock, milliseconds) followed by a JPEG or WebP image; a bare JPEG/WebP is accepted
        too (its timestamp echoes as NaN)
-    3. ``{"type": "end"}`` when no more frames follow (the rest is flushed), or just close.
+    3. ``{"type": "end"}`` when no more frames follow (the rest is flushed), or just close. Frames
+       that still arrive after it are ignored (counted as ``late``).
 Server -> client
     ``{"type": "ready", ...}`` once, then binary result frames: ``OUT_HEADER`` (magic ``FRVO``,
     uint32 index of the driving frame it answers - counting every frame the client sent, so dropped
@@ -28,10 +29,10 @@ OUT_HEADER = struct.Struct("<4sIdf")  # magic, frame index, capture timestamp ec
 
 CLOSE_CODES = {
     1000: "done: every frame was sent after the client's end message",
-    1001: "the server is shutting down",
+    1012: "the server is stopping or restarting (sent by uvicorn)",
     1011: "internal server error",
     1013: "the server is starting: its engines are not loaded yet, retry shortly",
-    4400: "bad message: the first message must be the JSON start message; frames are binary",
+    4400: "bad message: the first message must be the JSON start message; later text only end or stats",
     4401: "missing or wrong API key (Authorization header or token in the start message)",
     4404: "no uploaded source with that id",
     4408: "idle timeout: no message from the client for --idle-timeout seconds",

@@ -14,8 +14,8 @@ from fastapi.responses import JSONResponse
 
 from engine.serve import auth, uploads
 from engine.serve.config import ServeConfig
-from engine.serve.errors import ApiError, invalid, not_found, too_large
-from engine.serve.jobs import _check_source, ctx_of, not_ready
+from engine.serve.errors import invalid, not_found, too_large
+from engine.serve.jobs import check_source, ctx_of, not_ready
 from engine.serve.store import parse_id
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(auth.require)])
@@ -39,7 +39,7 @@ async def upload_source(request: Request) -> JSONResponse:
     try:
         up = await uploads.receive(request, folder, {"source": ("image/",)}, (), ctx.config.max_upload_bytes)
         size, limit = ctx.engines.size, ctx.config.max_pixels
-        await uploads.validate(lambda p: _check_source(p, size, limit), up.files["source"], up.names["source"],
+        await uploads.validate(lambda p: check_source(p, size, limit), up.files["source"], up.names["source"],
                                "source")
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
@@ -71,8 +71,8 @@ async def inline_source(config: ServeConfig, size: int, data: str, folder: Path)
     path = folder / "source"
     path.write_bytes(raw)
     limit = config.max_pixels
-    await uploads.validate(lambda p: _check_source(p, size, limit), path, "source", "source")
+    await uploads.validate(lambda p: check_source(p, size, limit), path, "source", "source")
     return path
 
 
-__all__ = ["ApiError", "inline_source", "router", "source_path"]
+__all__ = ["inline_source", "router", "source_path"]

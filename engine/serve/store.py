@@ -180,8 +180,8 @@ class JobStore:
         """The restart rule (see the module docstring); -> ids per outcome."""
         out: dict[str, list[str]] = {"requeued": [], "failed": [], "removed": []}
         with self._lock:
-            rows = self._db.execute("SELECT id, state, attempts FROM jobs WHERE state IN ('running', 'deleting')"
-                                    ).fetchall()
+            rows = self._db.execute("SELECT id, state, attempts FROM jobs WHERE state IN ('running', 'deleting') "
+                                    "ORDER BY seq").fetchall()
         for job_id, state, attempts in rows:
             if state == "deleting":
                 self.remove(job_id)

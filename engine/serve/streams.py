@@ -57,6 +57,7 @@ class Stats:
     dropped: int = 0  # input frames dropped by the drop-oldest policy
     sent: int = 0
     dropped_out: int = 0  # results dropped because the client did not read them
+    late: int = 0  # frames that arrived after the end message (ignored)
     started: float = field(default_factory=time.monotonic)
     first_sent: float | None = None
     latencies: list[float] = field(default_factory=list)  # seconds, last 1000
@@ -65,7 +66,8 @@ class Stats:
         lat = np.array(self.latencies) if self.latencies else None
         span = time.monotonic() - (self.first_sent or self.started)
         return {"received": self.received, "pushed": self.pushed, "dropped": self.dropped, "sent": self.sent,
-                "dropped_out": self.dropped_out, "seconds": round(time.monotonic() - self.started, 3),
+                "dropped_out": self.dropped_out, "late": self.late,
+                "seconds": round(time.monotonic() - self.started, 3),
                 "fps": round((self.sent - 1) / span, 3) if self.sent > 1 and span > 0 else 0.0,
                 "latency_p50_ms": round(float(np.percentile(lat, 50)) * 1000, 1) if lat is not None else None,
                 "latency_p95_ms": round(float(np.percentile(lat, 95)) * 1000, 1) if lat is not None else None}
@@ -193,8 +195,9 @@ class Session:
                 raise WebSocketDisconnect(msg.get("code", 1000))
             if msg.get("bytes") is not None:
                 data = msg["bytes"]
-                if self.ended:
-                    raise Close(4400, "a frame arrived after the end message")
+                if self.ended:  # a client's encoder may still deliver a frame after its end: ignored
+                    self.stats.late += 1
+                    continue
                 if len(data) > MAX_FRAME_BYTES:
                     raise Close(4413, f"a frame is over {MAX_FRAME_BYTES >> 20} MiB", "frame")
                 stamp, payload = unpack_in(data)

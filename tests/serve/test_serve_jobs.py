@@ -15,7 +15,7 @@ import pytest
 from serve_support import DRIVING, SOURCE, Server, error_of, job_files, png_bytes, submit, wait_job
 
 from engine.errors import InputError
-from engine.io import probe_video
+from engine.io import iter_video_frames, probe_video
 
 
 def test_health_ready_and_metrics(server: Server) -> None:
@@ -120,6 +120,8 @@ def test_413_declared_size_frames_and_pixels(server: Server) -> None:
         e = error_of(r)
         assert r.status_code == 413 and e["field"] == "driving" and "28 frames" in e["message"]
         assert "max_frames" in e["hint"]
+        r = c.post("/v1/jobs", files=job_files(), data={"max_frames": "21"})
+        assert r.status_code == 413 and error_of(r)["field"] == "max_frames"
         files = job_files()
         files["source"] = ("wide.png", png_bytes((1000, 700)), "image/png")  # 700,000 px > 600,000
         r = c.post("/v1/jobs", files=files, data={"max_frames": "2"})
@@ -150,18 +152,28 @@ def test_413_while_receiving_a_chunked_body(server: Server) -> None:
     assert body["error"]["field"] == "driving"
 
 
+def _cli_error(path: Path) -> str:
+    """What the CLI says about a bad driving video: its header check, then its decoder."""
+    with pytest.raises(InputError) as err:
+        probe_video(path)
+        sum(1 for _ in iter_video_frames(path, 64))
+    return str(err.value)
+
+
 def test_422_corrupt_video_has_the_cli_message(server: Server, tmp_path: Path) -> None:
-    bad = tmp_path / "broken.mp4"
-    bad.write_bytes(DRIVING.read_bytes()[: 20000])  # truncated: the index points past the end
-    with pytest.raises(InputError) as cli:
-        probe_video(bad)
-    with server.client() as c:
-        files = job_files(driving=bad)
-        r = c.post("/v1/jobs", files=files, data={"max_frames": "2"})
-    e = error_of(r)
-    assert r.status_code == 422 and e["field"] == "driving"
-    assert e["message"] == str(cli.value).replace(str(bad), "broken.mp4")
-    assert "truncated" in e["message"] and str(server.data) not in e["message"]
+    truncated = tmp_path / "broken.mp4"
+    truncated.write_bytes(DRIVING.read_bytes()[: 20000])  # the index points past the end
+    damaged = tmp_path / "damaged.mp4"  # a good header, garbage in the middle of the stream
+    data = bytearray(DRIVING.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 4000] = b"\xff" * 4000
+    damaged.write_bytes(bytes(data))
+    for bad, word in ((truncated, "truncated"), (damaged, "corrupt")):
+        with server.client() as c:
+            r = c.post("/v1/jobs", files=job_files(driving=bad), data={"max_frames": "20"})
+        e = error_of(r)
+        assert r.status_code == 422 and e["field"] == "driving", r.text
+        assert e["message"] == _cli_error(bad).replace(str(bad), bad.name)
+        assert word in e["message"] and str(server.data) not in e["message"]
 
 
 def test_422_names_the_bad_field(server: Server) -> None:
@@ -222,7 +234,7 @@ def test_load_20_concurrent_submissions_complete_or_429(server: Server) -> None:
     assert len(digests) == len(accepted)  # each its own seed, its own result
 
 
-def test_429_before_the_body_is_read_when_the_queue_is_full(server: Server) -> None:
+def test_429_with_retry_after_when_the_queue_is_full(server: Server) -> None:
     with server.client() as c:
         ids = []
         for i in range(12):  # the worker takes one; --max-queue 4 wait; the rest are refused

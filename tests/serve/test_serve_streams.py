@@ -89,7 +89,7 @@ def test_bad_start_messages_close_with_their_codes(server: Server) -> None:
     with connect(server.ws_url) as ws:
         ws.send("hello")
         assert closed_with(ws)[0] == 4400
-    with connect(server.ws_url) as ws:  # no start message at all: idle timeout (3 s here)
+    with connect(server.ws_url) as ws:  # no start message at all: idle timeout (6 s here)
         assert closed_with(ws, timeout=20)[0] == 4408
 
 
@@ -110,13 +110,14 @@ def test_idle_stream_is_closed(server: Server) -> None:
     ws, ready = open_stream(server)
     assert ready["type"] == "ready"
     ws.send(pack_in(jpeg(clip_frames(1)[0]), 0.0))
-    code, reason, _ = closed_with(ws, timeout=30)  # then silence: --idle-timeout 3
+    code, reason, _ = closed_with(ws, timeout=30)  # then silence: --idle-timeout 6
     assert code == 4408 and "idle" in reason
 
 
 def test_four_concurrent_streams_and_the_session_limit(server: Server) -> None:
     frames = clip_frames(14)
-    opened = [open_stream(server) for _ in range(4)]
+    source = {"id": _source_id(server)}  # cheaper to start than an inline source: all 4 open well within
+    opened = [open_stream(server, source=source) for _ in range(4)]  # the idle timeout
     assert all(ready["type"] == "ready" for _, ready in opened)
     ws5, first = open_stream(server)  # --max-streams 4: a fifth is refused at once, not queued
     assert first["type"] == "error" and first["code"] == 4429 and first["field"] == "session"

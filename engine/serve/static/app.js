@@ -37,6 +37,7 @@ function showError(el, text) {
 let ws = null;
 let camera = null;
 let timer = null;
+let ending = false; // set by Stop: frames still being encoded are not sent after the end message
 const capture = document.createElement("canvas");
 const arrivals = []; // receive times of the last results, for fps
 const latencies = [];
@@ -55,6 +56,7 @@ async function startLive() {
     return showError(stats, "camera: " + err.message);
   }
   $("camera").srcObject = camera;
+  ending = false;
   const start = {
     type: "start",
     token: $("key").value.trim() || undefined,
@@ -100,7 +102,7 @@ function sendFrame() {
   capture.getContext("2d").drawImage(video, 0, 0, capture.width, capture.height);
   const stamp = performance.now();
   capture.toBlob(async (blob) => {
-    if (!blob || !ws || ws.readyState !== WebSocket.OPEN) return;
+    if (!blob || ending || !ws || ws.readyState !== WebSocket.OPEN) return;
     const image = new Uint8Array(await blob.arrayBuffer());
     const msg = new Uint8Array(12 + image.length);
     const view = new DataView(msg.buffer);
@@ -148,6 +150,7 @@ function stopCapture() {
 }
 
 function stopLive() {
+  ending = true;
   stopCapture();
   if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "end" }));
   $("stop").disabled = true;
