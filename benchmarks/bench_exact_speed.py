@@ -242,7 +242,9 @@ def worker(side: str, fixtures: Path, threads: int, calls: int) -> int:
 def run_worker(python: Path, side: str, fixtures: Path, threads: int, calls: int) -> dict:
     cmd = [str(python), __file__, "--worker", side, "--fixtures", str(fixtures), "--threads", str(threads),
            "--calls", str(calls)]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd="/", check=False)
+    # the same OpenMP wait policy on both sides (importing engine sets PASSIVE unless one is given)
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd="/", check=False, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"{side} worker failed: {done.stderr.strip()[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
