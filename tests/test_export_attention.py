@@ -154,7 +154,8 @@ def test_57344_token_full_attention_runs_in_bounded_memory(tmp_path: Path) -> No
     """The first WFM block's full attention of the tiny denoiser at 64x64 latents (image size 512):
     one CFG pair, 14 x 64 x 64 = 57,344 tokens, 2 heads. Unfused, its score matrix alone is
     [2, 2, 57344, 57344] fp32 = 49 GiB; onnxruntime's MultiHeadAttention (flash attention on
-    CPU) runs it in a fresh process within a few hundred MiB."""
+    CPU) runs it in a fresh process in well under the 12 GiB one head's scores alone would take
+    (measured 0.46-1.5 GiB peak depending on the machine's load and onnxruntime's tiling)."""
     if os.environ.get("ORT_DISABLE_FLASH_ATTENTION", "0") not in ("", "0"):
         pytest.skip("ORT_DISABLE_FLASH_ATTENTION is set: onnxruntime would materialise the scores")
     torch.manual_seed(0)
@@ -165,7 +166,7 @@ def test_57344_token_full_attention_runs_in_bounded_memory(tmp_path: Path) -> No
     assert check_onnx(path, spec)["fused_attention"] == 1
     feeds = spec.sample_inputs(seed=3)
     report, outputs = _probe().measure(path, feeds, tmp_path / "probe", threads=2, timeout=600)
-    assert report["peak_rss_mib"] < 1024, report
+    assert report["peak_rss_mib"] < 4096, report
     out = torch.from_numpy(outputs["out"])
     assert torch.isfinite(out).all()
     with torch.no_grad():
