@@ -288,24 +288,23 @@ def onnxruntime_gpu(work: Path) -> dict[str, Any]:
     providers = ort.get_available_providers()
     if "CUDAExecutionProvider" not in providers:
         raise Skip(f"onnxruntime {ort.__version__} has no CUDA provider ({providers}); install frvd-engine[gpu]")
-    out = work / "ort"
-    py = [sys.executable, "-m"]
-    build = _subprocess(py + ["engine.build", "--preset", "tiny", "--target", "onnx", "--precision", "fp16",
-                              "--out", str(out), "--graphs", *GPU_BUILD_GRAPHS, "--quiet"], 600)
-    verify = _subprocess(py + ["engine.verify", "--backend", "onnxruntime", "--engines", str(out),
-                               "--precision", "fp16"], 300)
-    return {"build": build, "verify": verify, "passed": build["rc"] == 0 and verify["rc"] == 0}
+    return _build_and_verify(work / "ort", "onnx", "onnxruntime", 600)
 
 
 def tensorrt(work: Path) -> dict[str, Any]:
     need_cuda()
     if not has_module("tensorrt"):
         raise Skip("tensorrt is not installed (pip install 'frvd-engine[trt]')")
-    out = work / "trt"
+    return _build_and_verify(work / "trt", "trt", "tensorrt", 900)
+
+
+def _build_and_verify(out: Path, target: str, backend: str, build_timeout: int) -> dict[str, Any]:
+    """The tiny fp16 graphs built for ``target`` and checked on ``backend``, in subprocesses (the
+    build is the export toolchain, which the engine package never imports)."""
     py = [sys.executable, "-m"]
-    build = _subprocess(py + ["engine.build", "--preset", "tiny", "--target", "trt", "--precision", "fp16",
-                              "--out", str(out), "--graphs", *GPU_BUILD_GRAPHS, "--quiet"], 900)
-    verify = _subprocess(py + ["engine.verify", "--backend", "tensorrt", "--engines", str(out),
+    build = _subprocess(py + ["engine.build", "--preset", "tiny", "--target", target, "--precision", "fp16",
+                              "--out", str(out), "--graphs", *GPU_BUILD_GRAPHS, "--quiet"], build_timeout)
+    verify = _subprocess(py + ["engine.verify", "--backend", backend, "--engines", str(out),
                                "--precision", "fp16"], 300)
     return {"build": build, "verify": verify, "passed": build["rc"] == 0 and verify["rc"] == 0}
 
