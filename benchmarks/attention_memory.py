@@ -87,8 +87,8 @@ def largest_scores_bytes(spec: Any, model_config: Any, values: dict[str, int]) -
 def denoiser(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from engine.graph_spec import max_errors
-    from engine.graphs import GraphOptions
+    from engine.graphs.modules import GraphOptions
+    from engine.graphs.spec import max_errors
     from export.build import ONNX_FILE, BuildConfig, Builder
     from export.sources import from_preset
 

@@ -22,13 +22,13 @@ from pathlib import Path
 import onnxruntime
 import torch
 
-from engine import presets
 from engine.api import EngineOptions, Reenactor, RunOptions
 from engine.backends.ort_backend import OrtBackend
 from engine.backends.torch_backend import TorchBackend
-from engine.graphs import GRAPH_NAMES, GraphOptions, build_specs
+from engine.cli.reenact import DEFAULT_DRIVING, DEFAULT_SOURCE
+from engine.config import presets
+from engine.graphs.modules import GRAPH_NAMES, GraphOptions, build_specs
 from engine.io import load_image, read_video
-from engine.reenact import DEFAULT_DRIVING, DEFAULT_SOURCE
 from export.build import BuildConfig, Builder
 from export.sources import from_preset
 

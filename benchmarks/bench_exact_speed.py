@@ -256,8 +256,8 @@ def run_worker(python: Path, side: str, fixtures: Path, threads: int, calls: int
 def _ours(fixtures: Path):  # noqa: ANN202
     import torch
 
-    from engine.fixture_kinds import read_tensors
-    from engine.fixture_kinds.wfm_unet import build_models
+    from engine.fixtures import read_tensors
+    from engine.fixtures.wfm_unet import build_models
     head, wfm, unet = build_models(fixtures)
     io = read_tensors(fixtures, "wfm_unet_io.safetensors")
     inputs = (io["latent_model_input"], io["timestep"], io["encoder_hidden_states"], io["added_time_ids"])
@@ -277,9 +277,9 @@ def whole_run(fixtures: Path, frames: int, steps: int, rounds: int) -> dict:
 
     from engine.api import Reenactor, RunOptions
     from engine.backends import create_backend
-    from engine.fixture_kinds import read_config, read_tensors
-    from engine.fixture_kinds.pipeline import load_fixture_networks, model_config, run_config
-    from engine.windows import window_indices
+    from engine.diffusion.windows import window_indices
+    from engine.fixtures import read_config, read_tensors
+    from engine.fixtures.pipeline import load_fixture_networks, model_config, run_config
 
     cfg = read_config(fixtures, "pipeline")
     model = model_config(cfg)

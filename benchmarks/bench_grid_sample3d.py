@@ -1,7 +1,7 @@
 """CPU benchmark of 5-D grid sampling at LivePortrait's two shapes.
 
 Compares torch.nn.functional.grid_sample, the CPU twin (torch.ops.frvd.grid_sample3d over
-libfrvd_kernels.so) and the plugin-free decomposition (engine.ops_decomposed):
+libfrvd_kernels.so) and the plugin-free decomposition (engine.kernels.decomposed):
 
 * warp: 1x32x16x64x64 volume, 1x16x64x64x3 grid (warping module)
 * dense_motion: 22x4x16x64x64 volume, 22x16x64x64x3 grid (dense-motion network)
@@ -32,8 +32,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from engine import ops
-from engine.ops_decomposed import grid_sample3d_decomposed
+from engine.kernels import grid_sample as ops
+from engine.kernels.decomposed import grid_sample3d_decomposed
 
 # name: (volume batch, channels, grid batches stacked on the grid's depth axis)
 SHAPES = {

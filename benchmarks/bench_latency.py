@@ -36,8 +36,8 @@ MEDIA = REPO.parent / "shared" / "media"
 
 def driving_clip(path: Path, frames: int, size: int) -> Path:
     """A real clip (../shared/media/driving1.mp4, else the bundled one) ping-ponged to ``frames``."""
+    from engine.cli.reenact import DEFAULT_DRIVING
     from engine.io import read_video, write_video
-    from engine.reenact import DEFAULT_DRIVING
 
     src = MEDIA / "driving1.mp4" if (MEDIA / "driving1.mp4").exists() else DEFAULT_DRIVING
     clip = read_video(src, size)
@@ -133,8 +133,8 @@ def _memory_child(mode: str, preset: str, clip: str, steps: int) -> None:
     import torch
 
     from engine.api import Reenactor, RunOptions
+    from engine.cli.reenact import DEFAULT_SOURCE
     from engine.io import iter_video_frames
-    from engine.reenact import DEFAULT_SOURCE
 
     torch.set_grad_enabled(False)
     engine = Reenactor.from_preset(preset)
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from engine.api import Reenactor, RunOptions
-    from engine.reenact import DEFAULT_SOURCE
+    from engine.cli.reenact import DEFAULT_SOURCE
 
     torch.set_grad_enabled(False)
     engine = Reenactor.from_preset(args.preset)

@@ -15,7 +15,7 @@ steps x guidance strategy {full, first half, none} x WFM reuse {every evaluation
 
 With random weights drift is a regression signal, not a measure of image quality: the networks are
 untrained, so their outputs are not faces. The same comparison on the official weights
-(``--preset official --weights DIR`` of engine.reenact, mode by mode) gives the real figure.
+(``--preset official --weights DIR`` of engine.cli.reenact, mode by mode) gives the real figure.
 Writes JSON and a Pareto plot (TFLOP per frame vs drift) when matplotlib is installed.
 """
 
@@ -36,8 +36,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import count_flops  # noqa: E402  (a sibling script)
 
-from engine import modes  # noqa: E402
 from engine.api import Reenactor, RunOptions  # noqa: E402
+from engine.config import modes  # noqa: E402
 from engine.runtime import ExactRun  # noqa: E402
 
 NOTE = ("random weights: drift is a regression signal, not image quality; run the same modes on the official "
@@ -115,8 +115,8 @@ def bench(label: str, engine: Reenactor, source: Any, clip: np.ndarray, configs:
 
 def fixture_engine(fixture_dir: Path) -> tuple[Reenactor, Any, np.ndarray]:
     from engine.backends import create_backend
-    from engine.fixture_kinds import read_config, read_tensors
-    from engine.fixture_kinds.pipeline import load_fixture_networks, model_config, run_config
+    from engine.fixtures import read_config, read_tensors
+    from engine.fixtures.pipeline import load_fixture_networks, model_config, run_config
 
     cfg = read_config(fixture_dir, "pipeline")
     model = model_config(cfg)
@@ -133,7 +133,7 @@ def cfg_coupling(build_nets: Any, model: Any, size: int) -> dict[str, dict[str, 
     conditional rows run alone - grouped as the pair graph groups rows, and in the conditional-only
     graph (``release_cond`` layout for release). Relative max error on the spec's sample inputs."""
     from engine.backends.torch_backend import TorchBackend
-    from engine.graphs import ALL_GRAPH_NAMES, GraphOptions, build_specs
+    from engine.graphs.modules import ALL_GRAPH_NAMES, GraphOptions, build_specs
 
     out = {}
     for layout in ("release", "fixed"):
@@ -198,14 +198,14 @@ def main(argv: list[str] | None = None) -> int:
     clip = np.random.default_rng(0).integers(0, 256, (args.frames, 128, 128, 3), dtype=np.uint8)
     report: dict[str, Any] = {"note": NOTE, "tflop_per_frame": tflop,
                               "knobs": {n: asdict(k) for n, k in knobs.items()}, "drift": {}}
-    from engine import presets
-    from engine.networks import build_tiny
+    from engine.config import presets
+    from engine.models.networks import build_tiny
 
     report["cfg_coupling"] = {"tiny": cfg_coupling(lambda layout: build_tiny(presets.tiny(), 0, layout),
                                                    presets.tiny(), 128)}
     report["drift"]["tiny"] = bench("tiny", engine, source, clip, configs, args.rounds)
     if args.fixtures is not None:
-        from engine.fixture_kinds.pipeline import load_fixture_networks
+        from engine.fixtures.pipeline import load_fixture_networks
 
         fixture = fixture_engine(args.fixtures)
         report["cfg_coupling"]["fixture_weights"] = cfg_coupling(

@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from engine.api import EngineOptions, Reenactor, RunOptions
+from engine.cli.reenact import DEFAULT_DRIVING, DEFAULT_SOURCE
+from engine.diffusion.windows import window_indices
 from engine.io import load_image, read_video
-from engine.reenact import DEFAULT_DRIVING, DEFAULT_SOURCE
-from engine.windows import window_indices
 
 
 def main(argv: list[str] | None = None) -> int:

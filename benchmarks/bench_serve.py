@@ -33,8 +33,8 @@ import numpy as np  # noqa: E402
 from websockets.sync.client import connect  # noqa: E402
 
 from engine.api import EngineOptions, Reenactor, RunOptions  # noqa: E402
+from engine.cli.reenact import DEFAULT_DRIVING, DEFAULT_SOURCE  # noqa: E402
 from engine.io import read_video  # noqa: E402
-from engine.reenact import DEFAULT_DRIVING, DEFAULT_SOURCE  # noqa: E402
 from engine.serve.protocol import pack_in, unpack_out  # noqa: E402
 
 

@@ -9,7 +9,7 @@ compute floors on reference GPUs.
         [--mode exact|fast|turbo] [--steps N] [--sampler S] [--schedule S] [--guidance-mode G]
         [--wfm-every K] [--overlap N] [--kv-downsample 1|2] [--stream]
 
-A mode (engine.modes) fixes how often each denoiser graph runs: CFG pairs or conditional rows only
+A mode (engine.config.modes) fixes how often each denoiser graph runs: CFG pairs or conditional rows only
 (guidance strategy), the WFM at every evaluation or every k-th (WFM reuse), the solver's number of
 model evaluations (Heun: 2 per step but the last), the window count (overlap; ``--stream``: the
 causal stream's windows), and the WFM's full-attention cost (``--kv-downsample``). Each knob given
@@ -38,15 +38,16 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from engine import modes, presets, sampling
-from engine.approx import kv_downsample, pooled_tokens
-from engine.config import SVD_XT_SCHEDULER, ModelConfig, SamplerConfig, WindowConfig
+from engine.config import modes, presets
+from engine.config.settings import SVD_XT_SCHEDULER, ModelConfig, SamplerConfig, WindowConfig
+from engine.diffusion import sampling
+from engine.diffusion.windows import window_indices
+from engine.kernels.grid_sample import grid_sample_impl
+from engine.models.approx import kv_downsample, pooled_tokens
 from engine.models.liveportrait.motion_branch import INPUT_SIZE as LIVEPORTRAIT_SIZE  # F and M run at 256x256
+from engine.models.networks import Networks, build_networks
 from engine.models.svd_blocks import FullTemporalTransformer
-from engine.networks import Networks, build_networks
-from engine.ops import grid_sample_impl
 from engine.runtime.stream import CausalWindows
-from engine.windows import window_indices
 
 CFG_BATCH = 2  # the release evaluates every window as one [uncond, cond] pair
 CLIP_SIZE = 224
@@ -186,7 +187,7 @@ def full_attention_flops(count: Count) -> tuple[int, int, list[str]]:
 def measure(model: ModelConfig, nets: Networks, shapes: Shapes, kv: int = 1) -> dict[str, Any]:
     """FLOPs per call of every network, plus the WFM's full-attention breakdown. The WFM and the UNet
     are counted for a CFG pair (``wfm``, ``unet``) and for one conditional row (``wfm_cond``,
-    ``unet_cond``); ``kv`` > 1 counts the WFM with pooled keys/values (engine.approx)."""
+    ``unet_cond``); ``kv`` > 1 counts the WFM with pooled keys/values (engine.models.approx)."""
     lp, trunk = LIVEPORTRAIT_SIZE, model.trunk_channels
     b, h = shapes.cfg_batch, shapes.latent
     per_call: dict[str, int] = {}
@@ -284,7 +285,7 @@ UNITS = {
 
 
 def window_count(frames: int, size: int, overlap: int, stream: bool = False) -> int:
-    """Windows the offline run (engine.windows) or the causal stream (CausalWindows) denoises."""
+    """Windows the offline run (engine.diffusion.windows) or the causal stream (CausalWindows) denoises."""
     if not stream:
         return len(window_indices(max(frames, size), size, overlap))
     plan, emitted, count = CausalWindows(size, overlap), 0, 0
@@ -294,7 +295,7 @@ def window_count(frames: int, size: int, overlap: int, stream: bool = False) -> 
 
 
 def denoiser_calls(knobs: modes.Knobs, scheduler: dict[str, Any] | None = None) -> dict[str, int]:
-    """Per window: how often each denoiser graph runs in one solver loop (engine.modes.eval_plan)."""
+    """Per window: how often each denoiser graph runs in one solver loop (engine.config.modes.eval_plan)."""
     sigmas = sampling.make_schedule(knobs.sampler, knobs.steps, scheduler or SVD_XT_SCHEDULER, knobs.schedule).sigmas
     plan = modes.eval_plan(knobs.sampler, sigmas, knobs.guidance_mode, knobs.wfm_every)
     return {
@@ -504,7 +505,7 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def knob_arguments(p: argparse.ArgumentParser) -> None:
-    """--mode and one flag per knob (engine.modes.Knobs); shared with bench_modes.py."""
+    """--mode and one flag per knob (engine.config.modes.Knobs); shared with bench_modes.py."""
     p.add_argument("--mode", default="exact", choices=sorted(modes.MODES))
     p.add_argument("--steps", type=int, default=None, help="default: the mode's")
     p.add_argument("--sampler", choices=sorted(sampling.SAMPLERS), default=None)

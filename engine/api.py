@@ -31,20 +31,21 @@ import cv2
 import numpy as np
 import torch
 
-from engine import modes, networks, presets
-from engine.align import METHODS as ALIGN_METHODS
-from engine.align import CropTransform, PasteBack, crop_transform
-from engine.align import crop as crop_image
 from engine.backends import BACKENDS, Backend, create_backend
-from engine.cli_args import SEED_MAX
-from engine.config import RunConfig, WindowConfig
+from engine.cli.args import SEED_MAX
+from engine.config import modes, presets
+from engine.config.settings import RunConfig, WindowConfig
 from engine.errors import EngineError, InputError
+from engine.face.align import METHODS as ALIGN_METHODS
+from engine.face.align import CropTransform, PasteBack, crop_transform
+from engine.face.align import crop as crop_image
 from engine.io import check_output_path, fit_square, iter_video_frames, load_image, probe_video, read_rgb, write_video
 from engine.io.image import side_by_side
+from engine.models import networks
 from engine.runtime import ExactRun, Noise, RunControl, StageTimer, StreamFrame, StreamRunner
 from engine.runtime.control import prefetch
+from engine.runtime.stages import SourceFeatures, Stages
 from engine.runtime.stream import StreamError
-from engine.stages import SourceFeatures, Stages
 
 SOURCE_CACHE = 8  # source images whose features are kept per engine
 DTYPES = ("float32", "float16", "bfloat16")
@@ -79,7 +80,7 @@ class EngineOptions:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """One render's or stream's choices. ``mode`` picks a bundle of knobs (engine.modes: exact, fast,
+    """One render's or stream's choices. ``mode`` picks a bundle of knobs (engine.config.modes: exact, fast,
     turbo); every knob given here overrides the mode's value. None means the mode's value (for
     ``exact``, the engine's default: the release's)."""
 
@@ -261,7 +262,7 @@ class Reenactor:
         missing = [g for g in modes.required_graphs(cfg) if g not in self.backend]
         if missing:
             raise InputError(f"mode {cfg.mode!r} (wfm_every {cfg.sampler.wfm_every}) needs the graphs {missing}, "
-                             f"which this {self.backend.name} engine lacks: build them (engine.build --graphs) or "
+                             f"which this {self.backend.name} engine lacks: build them (engine.cli.build --graphs) or "
                              "run it on the torch backend")
         if cfg.kv_downsample > 1 and getattr(self.backend, "nets", None) is None:
             raise InputError("kv_downsample changes the networks' attention: it runs on the torch backend only")

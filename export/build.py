@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.graph_spec import GraphSpec
-from engine.graphs import GRAPH_NAMES, GraphOptions, build_specs
+from engine.graphs.modules import GRAPH_NAMES, GraphOptions, build_specs
+from engine.graphs.spec import GraphSpec
 from export import attention_onnx, cache, check
 from export.cache import ArtifactStore, make_key
 from export.onnx_export import export_module

@@ -12,7 +12,7 @@ An artifact is reused only when its key matches AND every file still has its rec
 hash, so a truncated, corrupt or foreign file is rebuilt, never loaded. Artifacts are written in a
 staging folder and renamed into place, so an interrupted build leaves the previous one intact.
 
-The reading side (layout, meta.json, integrity check, sha256 helpers) is ``engine.artifact_store``,
+The reading side (layout, meta.json, integrity check, sha256 helpers) is ``engine.graphs.artifacts``,
 which the backends use without this package; ``ArtifactStore`` here adds keys and writing.
 """
 
@@ -30,12 +30,12 @@ from typing import Any
 
 import torch
 
-from engine.artifact_store import CACHE_FORMAT, META, ArtifactReader, Lookup, sha256_file, sha256_json
+from engine.graphs.artifacts import CACHE_FORMAT, META, ArtifactReader, Lookup, sha256_file, sha256_json
 
 REPO = Path(__file__).resolve().parents[1]
 # Sources whose edits change what a graph computes or how it is written.
-CODE_GLOBS = ("engine/models/**/*.py", "engine/motion.py", "engine/ops.py", "engine/ops_decomposed.py",
-              "engine/networks.py", "engine/graphs.py", "engine/graph_spec.py", "export/onnx_export.py",
+CODE_GLOBS = ("engine/models/**/*.py", "engine/kernels/grid_sample.py", "engine/kernels/decomposed.py",
+              "engine/graphs/*.py", "export/onnx_export.py",
               "export/grid_sample_onnx.py", "export/attention_onnx.py")
 EXPORT_TOOLS = ("torch", "onnx", "onnxscript", "onnx-ir", "diffusers", "transformers")
 

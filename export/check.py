@@ -10,7 +10,7 @@ import onnx
 import torch
 from torch import nn
 
-from engine.graph_spec import GraphSpec, max_errors
+from engine.graphs.spec import GraphSpec, max_errors
 
 
 class CheckError(RuntimeError):

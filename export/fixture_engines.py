@@ -1,6 +1,6 @@
 """The official-release pipeline fixture on exported graphs (``python -m engine.fixtures --backend onnxruntime``).
 
-``onnxruntime_factory`` is a ``backend_factory`` for ``engine.fixture_kinds.pipeline.reproduce``:
+``onnxruntime_factory`` is a ``backend_factory`` for ``engine.fixtures.pipeline.reproduce``:
 it exports the fixture networks' graphs into an engines folder (through the build cache) and runs
 exact mode on onnxruntime.
 """
@@ -11,9 +11,9 @@ from pathlib import Path
 
 from engine.backends import Backend
 from engine.backends.ort_backend import OrtBackend
-from engine.config import RunConfig
-from engine.graphs import GraphOptions
-from engine.networks import Networks
+from engine.config.settings import RunConfig
+from engine.graphs.modules import GraphOptions
+from engine.models.networks import Networks
 from export.build import BuildConfig, Builder, summary
 from export.sources import from_networks
 

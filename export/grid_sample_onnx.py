@@ -1,11 +1,11 @@
-"""ONNX export of ``engine.ops.grid_sample3d`` in one of three forms, chosen at export time.
+"""ONNX export of ``engine.kernels.grid_sample.grid_sample3d`` in one of three forms, chosen at export time.
 
 * ``"onnx20"``: the standard ``GridSample`` of opset 20 (5-D capable; what onnxruntime runs).
 * ``"custom"``: a ``frvd::GridSample3D`` node (attributes ``mode`` = linear|nearest,
   ``padding_mode``, ``align_corners`` and ``plugin_namespace`` = "frvd", which the TensorRT
   ONNX parser uses to find the ``frvd::GridSample3D`` plugin of
   kernels/grid_sample3d/trt_plugin.py). Any default-domain opset works; 17 by default.
-* ``"decomposed"``: ``engine.ops_decomposed`` traced into plain ops (Gather, Where, Floor...)
+* ``"decomposed"``: ``engine.kernels.decomposed`` traced into plain ops (Gather, Where, Floor...)
   at opset 17, no custom domain: TensorRT builds it without a plugin.
 
 The first two trace the model with the ``kernel`` implementation so the graph holds
@@ -25,7 +25,7 @@ from onnx.defs import OpSchema
 from onnxscript import opset20
 from onnxscript.values import Op, Opset
 
-from engine.ops import grid_sample_impl
+from engine.kernels.grid_sample import grid_sample_impl
 
 FORMS = ("onnx20", "custom", "decomposed")
 DEFAULT_OPSET = {"onnx20": 20, "custom": 17, "decomposed": 17}
@@ -108,7 +108,7 @@ def export_grid_sample_model(
     opset_version: int | None = None,
     **export_kwargs: Any,
 ) -> onnx.ModelProto:
-    """Export ``model`` (which calls engine.ops.grid_sample3d) with the chosen form.
+    """Export ``model`` (which calls engine.kernels.grid_sample.grid_sample3d) with the chosen form.
 
     Returns the ModelProto and writes it to ``path`` when given. Extra keyword arguments go
     to ``torch.onnx.export`` (input_names, dynamic_shapes, ...).

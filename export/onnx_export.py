@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from diffusers.models.upsampling import Upsample2D
 from torch import nn
 
-from engine.graph_spec import GraphSpec
+from engine.graphs.spec import GraphSpec
 from export import attention_onnx
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def _grid_sample_form(form: str | None) -> Iterator[dict]:
     if form is None:
         yield {}
         return
-    from engine.ops import grid_sample_impl
+    from engine.kernels.grid_sample import grid_sample_impl
     from export.grid_sample_onnx import translation_table
 
     # onnx20/custom trace the kernel op (its fake kernel gives the shape) and translate it.

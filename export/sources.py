@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine import weights
-from engine.config import ModelConfig
-from engine.networks import Networks, build_tiny, load_preset
+from engine.config.settings import ModelConfig
+from engine.models import weights
+from engine.models.networks import Networks, build_tiny, load_preset
 from export.cache import FileHashMemo, state_dict_hash
 
 
@@ -24,7 +24,7 @@ from export.cache import FileHashMemo, state_dict_hash
 class NetworkSource:
     model: ModelConfig
     time_context: str
-    description: dict[str, Any]  # JSON: how to load these networks again (engine.verify does)
+    description: dict[str, Any]  # JSON: how to load these networks again (engine.cli.verify does)
     _hashes: Callable[[], dict[str, str]]
     _loader: Callable[[], Networks]
     _nets: Networks | None = field(default=None, repr=False)
@@ -60,8 +60,7 @@ def from_preset(preset: str, weights_dir: Path | None = None, seed: int = 0, tim
     if weights_dir is None:
         if preset == "official":
             raise weights.WeightsError("--preset official needs --weights DIR (the release's pretrained_weights/)")
-        from engine import presets
-
+        from engine.config import presets
         model = presets.from_name(preset)
         return from_networks(build_tiny(model, seed, time_context), model, time_context, description)
 
@@ -81,15 +80,15 @@ def from_preset(preset: str, weights_dir: Path | None = None, seed: int = 0, tim
 
 def _model_config(preset: str, root: Path) -> ModelConfig:
     """The official preset reads its configs from the weights folder; reduced presets are fixed."""
-    from engine import presets
-    from engine.networks import _official_config
+    from engine.config import presets
+    from engine.models.networks import _official_config
 
     return _official_config(root)[0] if preset == "official" else presets.from_name(preset)
 
 
 def from_fixture(fixture_dir: Path, time_context: str = "release") -> NetworkSource:
     """The pipeline fixture's networks (tiny widths, the release's recorded random weights)."""
-    from engine.fixture_kinds import pipeline as fixture
+    from engine.fixtures import pipeline as fixture
 
     cfg = fixture.read_config(fixture_dir, "pipeline")
     model = fixture.model_config(cfg)
@@ -99,7 +98,7 @@ def from_fixture(fixture_dir: Path, time_context: str = "release") -> NetworkSou
 
 
 def load_source(description: dict[str, Any]) -> NetworkSource:
-    """Rebuild the source a build recorded (engine.verify compares backends with it)."""
+    """Rebuild the source a build recorded (engine.cli.verify compares backends with it)."""
     if description.get("kind") == "fixture":
         return from_fixture(Path(description["dir"]), description.get("time_context", "release"))
     if description.get("kind") == "preset":

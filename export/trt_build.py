@@ -30,7 +30,7 @@ from engine.backends.trt_runtime import (
     strongly_typed,
 )
 from engine.errors import EngineError
-from engine.graph_spec import GraphSpec
+from engine.graphs.spec import GraphSpec
 
 TIMING_CACHE = "timing.cache"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.backends.base import Backend, BackendError
-from engine.graphs import GRAPH_NAMES
+from engine.graphs.modules import GRAPH_NAMES
 from export import check
 from export.sources import load_source
 

@@ -53,10 +53,10 @@ JOBS: dict[str, Job] = {}
 
 def _jobs(fixtures_dir: Path | None) -> dict[str, Job]:
     if "tiny" not in JOBS:
-        JOBS["tiny"] = Job([sys.executable, "-m", "engine.build", "--preset", "tiny", "--target", "onnx",
+        JOBS["tiny"] = Job([sys.executable, "-m", "engine.cli.build", "--preset", "tiny", "--target", "onnx",
                             "--out", str(TINY_ENGINES), "--threads", "1", "--quiet"])
     if fixtures_dir is not None and "fixture" not in JOBS:
-        JOBS["fixture"] = Job([sys.executable, "-m", "engine.fixtures", str(fixtures_dir), "--backend",
+        JOBS["fixture"] = Job([sys.executable, "-m", "engine.cli.fixtures", str(fixtures_dir), "--backend",
                                "onnxruntime", "--engines", str(FIXTURE_ENGINES), "--threads", "1"])
     return JOBS
 

@@ -1,4 +1,4 @@
-"""Face alignment and paste-back (``engine.align``): the release's crop maths, the OpenCV fallback on the
+"""Face alignment and paste-back (``engine.face.align``): the release's crop maths, the OpenCV fallback on the
 bundled portraits, the paste-back round trip, clear errors, and the release-model loader's wiring."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from engine import align
 from engine.errors import FaceError, WeightsError
-from engine.weights import FACECROPPER_FILES
+from engine.face import align
+from engine.models.weights import FACECROPPER_FILES
 
 
 def _sources(media: Path) -> list[Path]:

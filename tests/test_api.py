@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from engine.api import EngineOptions, Reenactor, RunOptions
+from engine.cli.reenact import DEFAULT_DRIVING, DEFAULT_SOURCE
 from engine.errors import EngineError, InputError
-from engine.reenact import DEFAULT_DRIVING, DEFAULT_SOURCE
 from engine.runtime import Cancelled, RunControl
 
 
@@ -118,7 +118,7 @@ def test_networks_built_for_one_time_context_refuse_another() -> None:
     from dataclasses import replace
 
     from engine.backends import BackendError, create_backend
-    from engine.networks import load_preset
+    from engine.models.networks import load_preset
 
     r = Reenactor.from_preset("tiny")
     _, _, nets = load_preset("tiny", None, 0, "fixed")

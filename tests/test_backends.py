@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import presets
 from engine.backends import BackendError, create_backend, trt_runtime
 from engine.backends.ort_backend import OrtBackend
 from engine.backends.torch_backend import TorchBackend
-from engine.config import RunConfig, WindowConfig
-from engine.graphs import GraphOptions, build_specs
-from engine.networks import build_tiny
+from engine.config import presets
+from engine.config.settings import RunConfig, WindowConfig
+from engine.graphs.modules import GraphOptions, build_specs
+from engine.models.networks import build_tiny
 from export import trt_build
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,7 +100,7 @@ def test_tensorrt_absent_is_one_clear_error(tmp_path: Path, capsys) -> None:
     assert str(info.value) == trt_runtime.INSTALL_HINT
     assert "TensorRT is not installed" in str(info.value) and "--backend onnxruntime" in str(info.value)
 
-    from engine.build import main as build_main
+    from engine.cli.build import main as build_main
 
     code = build_main(["--preset", "tiny", "--target", "trt", "--out", str(tmp_path / "e"), "--quiet"])
     assert code == 2 and capsys.readouterr().err.strip() == f"error: {trt_runtime.INSTALL_HINT}"

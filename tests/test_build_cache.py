@@ -1,4 +1,4 @@
-"""The build cache: keys, metadata and integrity checks, and engine.build runs that rebuild only
+"""The build cache: keys, metadata and integrity checks, and engine.cli.build runs that rebuild only
 what changed (graphs from a release-layout weights folder with tiny-preset checkpoints)."""
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from engine import presets, weights
 from engine.backends.base import BackendError
 from engine.backends.ort_backend import OrtBackend
-from engine.build import main as build_main
-from engine.networks import build_tiny
+from engine.cli.build import main as build_main
+from engine.config import presets
+from engine.models import weights
+from engine.models.networks import build_tiny
 from export.cache import ArtifactStore, FileHashMemo, changed_fields, make_key, state_dict_hash
 
 GRAPHS = ["appearance", "image_encoder"]  # the two fastest graphs to export
@@ -91,7 +92,7 @@ def test_state_dict_hash_sees_every_tensor() -> None:
     assert state_dict_hash(a) != h
 
 
-# ------------------------------------------------------------------------------ engine.build
+# ------------------------------------------------------------------------------ engine.cli.build
 
 
 def _save_release_layout(root: Path, nets) -> dict[str, Path]:

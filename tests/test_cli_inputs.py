@@ -1,4 +1,4 @@
-"""Bad inputs of ``engine.fixtures``, ``engine.build`` and ``engine.verify``, and unreadable weights:
+"""Bad inputs of ``engine.cli.fixtures``, ``engine.cli.build`` and ``engine.cli.verify``, and unreadable weights:
 exit status 2, one ``error:`` line naming the problem, no traceback, nothing left behind."""
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from engine import build, fixtures, verify, weights
+from engine.cli import build, fixtures, verify
 from engine.errors import WeightsError
+from engine.models import weights
 
 
 def run_cli(main: Callable[[list[str]], int], argv: list[str], capsys) -> tuple[int, str]:
@@ -43,7 +44,7 @@ def fixture_copy(fixtures_dir: Path, dest: Path, damaged: str | None = None, con
     return dest
 
 
-# ----------------------------------------------------------------------------- engine.fixtures
+# ----------------------------------------------------------------------------- engine.cli.fixtures
 
 
 @pytest.mark.parametrize("name", ["liveportrait_io.safetensors", "wfm_unet_unet.safetensors",
@@ -95,7 +96,7 @@ def test_fixtures_bad_paths_and_numbers(fixtures_dir: Path, tmp_path: Path, caps
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
-# ----------------------------------------------------------------------------- engine.build
+# ----------------------------------------------------------------------------- engine.cli.build
 
 
 @pytest.mark.parametrize("extra, needle", [
@@ -140,7 +141,7 @@ def test_build_weights_paths_checked_before_work(tmp_path: Path, capsys) -> None
         assert not out.exists()
 
 
-# ----------------------------------------------------------------------------- engine.verify
+# ----------------------------------------------------------------------------- engine.cli.verify
 
 
 def test_verify_missing_folder_says_it_does_not_exist(tmp_path: Path, capsys) -> None:

@@ -9,8 +9,8 @@ from test_count_flops import cf
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from engine import modes
 from engine.api import Reenactor, RunOptions
+from engine.config import modes
 from engine.runtime import ExactRun
 
 FRAMES = 16  # two windows at overlap 2..6: the blend and the window count matter

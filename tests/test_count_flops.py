@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from engine import modes
-from engine.config import WindowConfig
-from engine.windows import window_indices
+from engine.config import modes
+from engine.config.settings import WindowConfig
+from engine.diffusion.windows import window_indices
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "count_flops.py"
 

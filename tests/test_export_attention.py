@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.graph_spec import GraphSpec, TensorSpec, max_errors
+from engine.graphs.spec import GraphSpec, TensorSpec, max_errors
 from engine.models.svd_blocks import FullTemporalTransformer
 from engine.models.time_context import SpatioTemporalTransformer
 from export import attention_onnx

@@ -53,7 +53,7 @@ def test_sinusoidal_table_stays_fp32(tmp_path: Path) -> None:
 def test_every_fp16_graph_passes_parity(tiny_engines) -> None:
     """Converts the session's fp32 artifacts (the build's own fp16 path) and checks parity."""
     from engine.backends.ort_backend import OrtGraph
-    from engine.graphs import GraphOptions, build_specs
+    from engine.graphs.modules import GraphOptions, build_specs
     from export.sources import from_preset
 
     engines, report = tiny_engines

@@ -18,11 +18,11 @@ pytestmark = [
 
 
 def test_split_graphs_on_onnxruntime_equal_the_fused_denoiser(tmp_path: Path) -> None:
-    from engine import presets
     from engine.backends.ort_backend import OrtGraph
-    from engine.graph_spec import max_errors
-    from engine.graphs import ALL_GRAPH_NAMES, GraphOptions, build_specs
-    from engine.networks import build_tiny
+    from engine.config import presets
+    from engine.graphs.modules import ALL_GRAPH_NAMES, GraphOptions, build_specs
+    from engine.graphs.spec import max_errors
+    from engine.models.networks import build_tiny
     from export.onnx_export import export_module
 
     specs = build_specs(presets.tiny(), GraphOptions(image_size=128), ALL_GRAPH_NAMES)

@@ -12,12 +12,12 @@ import onnx
 import pytest
 import torch
 
-from engine import presets
 from engine.backends.ort_backend import OrtGraph
 from engine.backends.torch_backend import TorchGraph
-from engine.graph_spec import max_errors
-from engine.graphs import GRAPH_NAMES, GraphOptions, build_specs
-from engine.networks import build_tiny
+from engine.config import presets
+from engine.graphs.modules import GRAPH_NAMES, GraphOptions, build_specs
+from engine.graphs.spec import max_errors
+from engine.models.networks import build_tiny
 from export.build import BuildConfig, Builder
 from export.check import check_onnx
 from export.onnx_export import export_module
@@ -144,8 +144,7 @@ def test_warp_with_the_plugin_op_is_built_but_not_run_by_onnxruntime(tmp_path: P
 
 
 def test_verify_cli_passes_on_the_tiny_engines(tiny_engines, capsys) -> None:
-    from engine import verify
-
+    from engine.cli import verify
     engines, _ = tiny_engines
     code = verify.main(["--backend", "onnxruntime", "--engines", str(engines), "--graphs", "warp", "motion"])
     out = capsys.readouterr().out

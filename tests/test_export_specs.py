@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine import presets
-from engine.graph_spec import Dim, TensorSpec, parse_dim
-from engine.graphs import GRAPH_NAMES, GraphOptions, build_specs
+from engine.config import presets
+from engine.graphs.modules import GRAPH_NAMES, GraphOptions, build_specs
+from engine.graphs.spec import Dim, TensorSpec, parse_dim
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from engine import fixtures
+from engine.cli import fixtures
 
 
 def test_public_fixture_set_passes(fixtures_dir: Path, capsys) -> None:

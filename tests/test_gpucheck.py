@@ -1,4 +1,4 @@
-"""engine.gpucheck's CPU-side logic: sections skip with reasons without CUDA, failures are
+"""engine.cli.gpucheck's CPU-side logic: sections skip with reasons without CUDA, failures are
 recorded (not raised), the JSON report is written, and the FLOP count works on the meta device."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import gpucheck
+from engine.cli import gpucheck
 
 
 def test_runs_here_and_writes_its_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import ops
-from engine.ops_decomposed import grid_sample3d_decomposed
+from engine.kernels import grid_sample as ops
+from engine.kernels.decomposed import grid_sample3d_decomposed
 
 MODES = ["bilinear", "nearest"]
 PADDINGS = ["zeros", "border", "reflection"]

@@ -1,4 +1,4 @@
-"""engine.ops.grid_sample3d: implementation choice, library loading and fallbacks."""
+"""engine.kernels.grid_sample.grid_sample3d: implementation choice, library loading and fallbacks."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import engine.ops_decomposed
-from engine import ops
+import engine.kernels.decomposed
+from engine.kernels import grid_sample as ops
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,7 +61,7 @@ class _Spy:
 
 def test_default_candidates_are_build_dir_then_package_dir(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ops.LIB_ENV, raising=False)
-    assert ops.kernel_library_candidates() == [REPO / "build" / ops.LIB_NAME, REPO / "engine" / ops.LIB_NAME]
+    assert ops.kernel_library_candidates() == [REPO / "build" / ops.LIB_NAME, REPO / "engine" / "kernels" / ops.LIB_NAME]
 
 
 def test_env_override_accepts_a_folder(monkeypatch: pytest.MonkeyPatch, built_library: Path) -> None:
@@ -92,8 +92,8 @@ def test_torch_and_decomposed_impls_are_what_runs(monkeypatch: pytest.MonkeyPatc
     x, g = _data()
     torch_spy = _Spy(F.grid_sample)
     monkeypatch.setattr(torch.nn.functional, "grid_sample", torch_spy)
-    dec_spy = _Spy(engine.ops_decomposed.grid_sample3d_decomposed)
-    monkeypatch.setattr(engine.ops_decomposed, "grid_sample3d_decomposed", dec_spy)
+    dec_spy = _Spy(engine.kernels.decomposed.grid_sample3d_decomposed)
+    monkeypatch.setattr(engine.kernels.decomposed, "grid_sample3d_decomposed", dec_spy)
     ref = torch_spy.fn(x, g, align_corners=False)
 
     ops.set_grid_sample_impl("torch")
@@ -120,7 +120,7 @@ def test_auto_falls_back_and_warns_once_without_library(
     no_library: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     x, g = _data()
-    with caplog.at_level(logging.WARNING, logger="engine.ops"):
+    with caplog.at_level(logging.WARNING, logger="engine.kernels.grid_sample"):
         first = ops.grid_sample3d(x, g, padding_mode="border")
         second = ops.grid_sample3d(x, g, padding_mode="border")
     ref = F.grid_sample(x, g, padding_mode="border", align_corners=False)
@@ -183,8 +183,8 @@ def test_decomposed_impl_keeps_torch_semantics_for_4d_input() -> None:
 def test_decomposition_rejects_bad_arguments() -> None:
     x, g = _data()
     with pytest.raises(ValueError, match="mode"):
-        engine.ops_decomposed.grid_sample3d_decomposed(x, g, mode="bicubic")
+        engine.kernels.decomposed.grid_sample3d_decomposed(x, g, mode="bicubic")
     with pytest.raises(ValueError, match="padding_mode"):
-        engine.ops_decomposed.grid_sample3d_decomposed(x, g, padding_mode="circular")
+        engine.kernels.decomposed.grid_sample3d_decomposed(x, g, padding_mode="circular")
     with pytest.raises(ValueError, match="batch"):
-        engine.ops_decomposed.grid_sample3d_decomposed(x, g[:1])
+        engine.kernels.decomposed.grid_sample3d_decomposed(x, g[:1])

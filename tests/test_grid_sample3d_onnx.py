@@ -1,4 +1,4 @@
-"""ONNX export of engine.ops.grid_sample3d: opset-20 GridSample, frvd::GridSample3D, decomposition."""
+"""ONNX export of engine.kernels.grid_sample.grid_sample3d: opset-20 GridSample, frvd::GridSample3D, decomposition."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine import ops
+from engine.kernels import grid_sample as ops
 from export.grid_sample_onnx import CUSTOM_DOMAIN, CUSTOM_OP, export_grid_sample_model, onnx_mode
 
 CONFIGS = list(itertools.product(["bilinear", "nearest"], ["zeros", "border", "reflection"], [False, True]))

@@ -16,18 +16,17 @@ from typing import Any
 
 import pytest
 
-from engine import ops
+from engine.kernels import grid_sample as ops
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture()
 def plugin() -> types.ModuleType:
-    # Loaded by path (kernels/ is not an installed package); a fresh module per test keeps
-    # its "registered" flag from leaking between tests.
-    spec = importlib.util.spec_from_file_location(
-        "frvd_trt_plugin", REPO / "kernels/grid_sample3d/trt_plugin.py"
-    )
+    # A fresh copy of the installed module per test keeps its "registered" flag from leaking between tests.
+    spec = importlib.util.find_spec("engine.kernels.trt_plugin")
+    assert spec is not None and spec.origin is not None
+    spec = importlib.util.spec_from_file_location("frvd_trt_plugin", spec.origin)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

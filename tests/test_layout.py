@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ENTRY_POINTS = {"engine/build.py", "engine/verify.py", "engine/fixtures.py"}
+ENTRY_POINTS = {"engine/cli/build.py", "engine/cli/verify.py", "engine/cli/fixtures.py"}
 RUNTIME = ("engine.backends.torch_backend", "engine.backends.ort_backend", "engine.backends.trt_backend",
-           "engine.graphs")
+           "engine.graphs.modules")
 
 
 def _is_export(name: str | None) -> bool:
@@ -54,8 +54,8 @@ def test_only_entry_points_import_export() -> None:
 
 def test_checker_sees_nested_imports() -> None:
     # the entry points do import export (lazily, inside functions): the checker must see that
-    assert export_imports(REPO / "engine" / "build.py")
-    assert export_imports(REPO / "engine" / "fixtures.py")
+    assert export_imports(REPO / "engine" / "cli" / "build.py")
+    assert export_imports(REPO / "engine" / "cli" / "fixtures.py")
 
 
 def test_runtime_imports_without_export() -> None:
@@ -64,3 +64,34 @@ def test_runtime_imports_without_export() -> None:
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
+
+
+def _imports_top_level(path: Path, package: str) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in
+              ("import_module", "find_spec") and node.args and isinstance(node.args[0], ast.Constant)):
+            names = [str(node.args[0].value)]
+        else:
+            continue
+        found += [f"{node.lineno}: {n}" for n in names if n == package or n.startswith(package + ".")]
+    return found
+
+
+def test_nothing_imports_a_top_level_kernels_package() -> None:
+    # kernels/ holds C++/CUDA sources only; the Python side ships as engine.kernels. Hugging Face's
+    # `kernels` package (a transformers dependency) owns the top-level name in an installed environment.
+    files = [p for d in ("engine", "export", "benchmarks", "tests", "scripts") for p in (REPO / d).rglob("*.py")]
+    offenders = {p.relative_to(REPO).as_posix(): f for p in files if (f := _imports_top_level(p, "kernels"))}
+    assert not offenders, f"modules importing a top-level 'kernels' package: {offenders}"
+    assert not list((REPO / "kernels").rglob("*.py")), "kernels/ must hold no Python (it would not ship)"
+
+
+def test_checker_sees_kernels_imports(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("import kernels.grid_sample3d\nfrom kernels import x\nimport engine.kernels\n")
+    assert _imports_top_level(bad, "kernels") == ["1: kernels.grid_sample3d", "2: kernels"]

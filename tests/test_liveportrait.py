@@ -10,9 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from engine import motion
-from engine.fixture_kinds import read_config, read_tensors
-from engine.fixture_kinds.liveportrait import build_networks_for, fixture_inputs, fixture_model, reproduce, run_motion
+from engine.fixtures import read_config, read_tensors
+from engine.fixtures.liveportrait import build_networks_for, fixture_inputs, fixture_model, reproduce, run_motion
 from engine.models.liveportrait import (
     AppearanceFeatureExtractor,
     MotionBranch,
@@ -20,6 +19,7 @@ from engine.models.liveportrait import (
     SPADETrunk,
     WarpingNetwork,
 )
+from engine.models.liveportrait import keypoints as motion
 
 MANIFEST_MODULES = {
     "appearance_feature_extractor.pth": (AppearanceFeatureExtractor, "appearance_feature_extractor_params"),

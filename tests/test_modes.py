@@ -1,4 +1,4 @@
-"""Named modes and their knobs (engine.modes): evaluation plans, guidance strategies, the
+"""Named modes and their knobs (engine.config.modes): evaluation plans, guidance strategies, the
 conditional-only layout, WFM reuse, window plans, kv downsampling, precision, API and CLI.
 Tiny preset, 1-4 steps, 14-16 frame clips."""
 
@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from engine import modes, windows
 from engine.api import Reenactor, RunOptions
+from engine.config import modes
+from engine.diffusion import windows
+from engine.diffusion.guidance import Guidance
 from engine.errors import InputError
-from engine.graphs import ALL_GRAPH_NAMES, GraphOptions, build_specs
-from engine.guidance import Guidance
+from engine.graphs.modules import ALL_GRAPH_NAMES, GraphOptions, build_specs
 from engine.runtime import ExactRun
 
 SIGMAS = torch.tensor([700.0, 70.0, 2.3, 0.5, 0.0])
@@ -76,9 +77,9 @@ def test_window_plans_keep_frame_zero_and_cover_the_clip(overlap: int, count: in
 
 @pytest.fixture(scope="module", params=["release", "fixed"])
 def backend(request: pytest.FixtureRequest):
-    from engine import presets
     from engine.backends.torch_backend import TorchBackend
-    from engine.networks import build_tiny
+    from engine.config import presets
+    from engine.models.networks import build_tiny
 
     specs = build_specs(presets.tiny(), GraphOptions(image_size=128, time_context=request.param), ALL_GRAPH_NAMES)
     return request.param, TorchBackend(build_tiny(presets.tiny(), 0, request.param), specs)
@@ -208,7 +209,7 @@ def test_half_precision_on_cpu_finishes_with_finite_frames(clip: np.ndarray, dty
 
 
 def test_cli_takes_the_mode_and_every_knob() -> None:
-    from engine.reenact import parse_args
+    from engine.cli.reenact import parse_args
 
     args = parse_args(["--mode", "turbo", "--wfm-every", "3", "--guidance-mode", "interval:0.5:20",
                        "--sampler", "heun", "--schedule", "karras", "--overlap", "4", "--kv-downsample", "2"])

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from engine import reenact
+from engine.cli import reenact
 from engine.io import write_video
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,7 +25,7 @@ FAST = ["--steps", "1", "--quiet"]
 def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2")
     return subprocess.run(
-        [sys.executable, "-m", "engine.reenact", *args],
+        [sys.executable, "-m", "engine.cli.reenact", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -160,7 +160,7 @@ def test_unwritable_output(tmp_path: Path, capsys) -> None:
 
 
 def test_weights_folder_missing_a_file(tmp_path: Path, capsys) -> None:
-    from engine.weights import LAYOUT
+    from engine.models.weights import LAYOUT
 
     for wf in LAYOUT[1:]:
         (tmp_path / wf.candidates[0]).parent.mkdir(parents=True, exist_ok=True)
@@ -175,8 +175,8 @@ def test_weights_folder_missing_a_file(tmp_path: Path, capsys) -> None:
 
 @pytest.mark.parametrize("defect", ["missing", "shape"])
 def test_checkpoint_with_missing_key_or_wrong_shape(tmp_path: Path, capsys, defect: str) -> None:
-    from engine.presets import official
-    from engine.weights import LAYOUT, expected_from_manifest
+    from engine.config.presets import official
+    from engine.models.weights import LAYOUT, expected_from_manifest
 
     weights = tmp_path / "pretrained_weights"
     for wf in LAYOUT:
@@ -200,7 +200,7 @@ def test_ctrl_c_and_sigterm_leave_no_output(tmp_path: Path, sig: int) -> None:
     out = tmp_path / "interrupted.mp4"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "engine.reenact", "--out", str(out), "--steps", "25", "--progress", "plain"],
+        [sys.executable, "-m", "engine.cli.reenact", "--out", str(out), "--steps", "25", "--progress", "plain"],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -277,8 +277,7 @@ def test_a_folder_where_the_sidecar_goes_leaves_nothing(tmp_path: Path, capsys) 
 
 
 def test_inputs_are_checked_before_any_network_is_built(tmp_path: Path, capsys, monkeypatch) -> None:
-    from engine import networks
-
+    from engine.models import networks
     built = []
     monkeypatch.setattr(networks, "load_preset", lambda *a, **k: built.append(a) or pytest.fail("built"))
     assert_clean_failure(["--source", str(tmp_path / "missing.png")], tmp_path / "o.mp4", capsys, "missing.png")

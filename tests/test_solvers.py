@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine import sampling
-from engine.config import SVD_XT_SCHEDULER
+from engine.config.settings import SVD_XT_SCHEDULER
+from engine.diffusion import sampling
 
 
 def _dpm_scheduler(steps: int):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from engine.api import Reenactor, RunOptions
+from engine.cli.reenact import DEFAULT_DRIVING, DEFAULT_SOURCE
 from engine.io import read_video
-from engine.reenact import DEFAULT_DRIVING, DEFAULT_SOURCE
 from engine.runtime.stream import CausalWindows
 
 FAST = RunOptions(steps=1)

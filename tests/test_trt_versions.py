@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from engine import presets
 from engine.backends import BackendError, precision_for_dtype, trt_runtime
 from engine.backends.base import Backend, GraphRunner
 from engine.backends.ort_backend import provider_options
 from engine.backends.trt_backend import engine_kinds
-from engine.graphs import GraphOptions, build_specs
+from engine.config import presets
+from engine.graphs.modules import GraphOptions, build_specs
 from export import trt_build
 
 
@@ -184,7 +184,7 @@ def test_run_dtype_picks_the_artifacts() -> None:
     assert precision_for_dtype("tensorrt", "float32") == "fp32"
     with pytest.raises(BackendError, match="bfloat16 needs --backend torch"):
         precision_for_dtype("onnxruntime", "bfloat16")
-    assert engine_kinds(None) == ["trt-fp16", "trt-fp32"]  # whatever engine.build made
+    assert engine_kinds(None) == ["trt-fp16", "trt-fp32"]  # whatever engine.cli.build made
     assert engine_kinds("fp32") == ["trt-fp32"]
 
 

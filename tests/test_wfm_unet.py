@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from engine.fixture_kinds import TensorCheck
-from engine.fixture_kinds.wfm_unet import build_models, reproduce
+from engine.fixtures import TensorCheck
+from engine.fixtures.wfm_unet import build_models, reproduce
 from engine.models.head_net import HeadNet
 from engine.models.time_context import temporal_context
 from engine.models.unet import SVDUNet, SVDUNetConfig
@@ -23,7 +23,7 @@ def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
 
 @pytest.fixture(scope="module")
 def io(fixtures_dir):
-    from engine.fixture_kinds import read_tensors
+    from engine.fixtures import read_tensors
 
     return read_tensors(fixtures_dir, "wfm_unet_io.safetensors")
 
@@ -234,7 +234,7 @@ def test_fixed_layout_matches_installed_diffusers(models, io, fixtures_dir):
     diffusers = pytest.importorskip("diffusers")
     if tuple(int(x) for x in diffusers.__version__.split(".")[:2]) < (0, 28):
         pytest.skip("installed diffusers predates the time_context fix (PR #7268)")
-    from engine.fixture_kinds import read_config, read_tensors
+    from engine.fixtures import read_config, read_tensors
 
     ref = diffusers.UNetSpatioTemporalConditionModel(**read_config(fixtures_dir, "wfm_unet")["unet_config"])
     ref.load_state_dict(read_tensors(fixtures_dir, "wfm_unet_unet.safetensors"), strict=True)

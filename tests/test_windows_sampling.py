@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import sampling, windows
-from engine.config import SVD_XT_SCHEDULER
+from engine.config.settings import SVD_XT_SCHEDULER
+from engine.diffusion import sampling, windows
 
 
 def release_windows(num_frames: int, size: int, overlap: int) -> list[list[int]]:

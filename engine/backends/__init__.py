@@ -17,7 +17,7 @@ __all__ = ["BACKENDS", "Backend", "BackendError", "GraphRunner", "create_backend
 
 
 def torch_specs(model: Any, size: int, window: int, time_context: str) -> dict:
-    from engine.graphs import ALL_GRAPH_NAMES, GraphOptions, build_specs
+    from engine.graphs.modules import ALL_GRAPH_NAMES, GraphOptions, build_specs
 
     # eager modules cost nothing until called: the fast modes' graphs are always there
     opts = GraphOptions(image_size=size, window=window, time_context=time_context)

@@ -15,11 +15,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from engine.artifact_store import ArtifactReader
 from engine.backends.base import BackendError
-from engine.config import ModelConfig
-from engine.graph_spec import GraphSpec
-from engine.graphs import GraphOptions, build_specs
+from engine.config.settings import ModelConfig
+from engine.graphs.artifacts import ArtifactReader
+from engine.graphs.modules import GraphOptions, build_specs
+from engine.graphs.spec import GraphSpec
 
 REBUILD = "python -m engine.build --preset ... --target {target} --out {engines}"
 

@@ -1,6 +1,6 @@
 """One interface for every way of running the engine's graphs.
 
-A backend is a set of named graphs (``engine.graphs.GRAPH_NAMES``); each graph is a
+A backend is a set of named graphs (``engine.graphs.modules.GRAPH_NAMES``); each graph is a
 ``GraphRunner`` with ``run(feeds) -> outputs``, both dicts keyed by the graph spec's tensor
 names, whatever executes it (eager torch, onnxruntime, TensorRT). Outputs are fresh tensors
 the caller owns (never views of a buffer the next call overwrites), on the backend's device.
@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 import torch
 
 from engine.errors import EngineError
-from engine.graph_spec import GraphSpec
+from engine.graphs.spec import GraphSpec
 
 Tensors = dict[str, torch.Tensor]
 

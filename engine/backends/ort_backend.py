@@ -19,8 +19,8 @@ import torch
 
 from engine.backends.artifacts import check_expected, open_artifact
 from engine.backends.base import Backend, BackendError, GraphRunner, Tensors, check_names
-from engine.graph_spec import GraphSpec
-from engine.graphs import GRAPH_NAMES
+from engine.graphs.modules import GRAPH_NAMES
+from engine.graphs.spec import GraphSpec
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 _NP = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64}

@@ -1,4 +1,4 @@
-"""Eager PyTorch: each graph is its spec's module (engine.graphs) over the live ``Networks``.
+"""Eager PyTorch: each graph is its spec's module (engine.graphs.modules) over the live ``Networks``.
 
 This is the reference every other backend is compared with. It accepts any shape the
 networks accept (the spec's ranges bind only exported graphs), and runs the LivePortrait
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from engine.backends.base import Backend, GraphRunner, Tensors, check_names
-from engine.graph_spec import GraphSpec
+from engine.graphs.spec import GraphSpec
 
 
 class TorchGraph(GraphRunner):

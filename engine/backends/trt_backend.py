@@ -30,8 +30,8 @@ from engine.backends.trt_runtime import (
     register_plugin,
     require_tensorrt,
 )
-from engine.graph_spec import GraphSpec
-from engine.graphs import GRAPH_NAMES
+from engine.graphs.modules import GRAPH_NAMES
+from engine.graphs.spec import GraphSpec
 
 
 def require_cudart() -> Any:
@@ -198,7 +198,7 @@ class TrtBackend(Backend):
 
     def __init__(self, engines: Path, graphs: Sequence[str] = GRAPH_NAMES, precision: str | None = None,
                  expect: Mapping[str, Any] | None = None, cuda_graphs: bool = False, verify: bool = True) -> None:
-        """``precision`` None takes what the build made (engine.build defaults to fp32); "fp16" or
+        """``precision`` None takes what the build made (engine.cli.build defaults to fp32); "fp16" or
         "fp32" insists on it (create_backend passes the run's dtype)."""
         require_tensorrt()  # the one clear error, before any file is opened
         runners = {}

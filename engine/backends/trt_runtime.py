@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import sys
-from pathlib import Path
 from typing import Any
 
 from engine.errors import EngineError
-from engine.graph_spec import GraphSpec
+from engine.graphs.spec import GraphSpec
 
-REPO = Path(__file__).resolve().parents[2]
 INSTALL_HINT = (
     "TensorRT is not installed: --target trt / --backend tensorrt need the tensorrt and cuda-python "
     "packages and an NVIDIA GPU (pip install 'frvd-engine[trt]'); --target onnx and "
     "--backend onnxruntime work without them"
 )
-PLUGIN_MODULE = "kernels.grid_sample3d.trt_plugin"
+PLUGIN_MODULE = "engine.kernels.trt_plugin"
 
 
 class TensorRTUnavailable(EngineError):
@@ -45,25 +42,9 @@ def needs_plugin(spec: GraphSpec) -> bool:
 
 
 def register_plugin() -> None:
-    """Register frvd::GridSample3D (kernels/grid_sample3d/trt_plugin.py) with TensorRT (idempotent)."""
-    module = sys.modules.get(PLUGIN_MODULE)  # loaded before, by import or from its file
-    if module is None:
-        try:
-            module = importlib.import_module(PLUGIN_MODULE)
-        except ImportError:  # the repository root is not on sys.path: load the file itself
-            path = REPO / "kernels" / "grid_sample3d" / "trt_plugin.py"
-            spec = importlib.util.spec_from_file_location(PLUGIN_MODULE, path)
-            if spec is None or spec.loader is None:
-                raise EngineError(f"the GridSample3D plugin module {path} is missing") from None
-            module = importlib.util.module_from_spec(spec)
-            # Kept in sys.modules so a second call reuses this module and its "registered" flag:
-            # a fresh copy would register the plugin again, which TensorRT refuses.
-            sys.modules[PLUGIN_MODULE] = module
-            try:
-                spec.loader.exec_module(module)
-            except BaseException:
-                sys.modules.pop(PLUGIN_MODULE, None)
-                raise
+    """Register frvd::GridSample3D (engine/kernels/trt_plugin.py, shipped in the wheel) with TensorRT (idempotent)."""
+    # the module keeps a "registered" flag: a second import would be a no-op, a second register refused
+    module = importlib.import_module(PLUGIN_MODULE)
     module.register()
 
 

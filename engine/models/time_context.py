@@ -68,7 +68,7 @@ def temporal_rows(
     check_time_context(mode, cfg_group)
     batch, seq, channels = per_video.shape
     if mode == "release_cond":
-        # conditional rows run without their unconditional partners (engine.guidance): the release pair's
+        # conditional rows run without their unconditional partners (engine.diffusion.guidance): the release pair's
         # cond row reads member (P + p) mod 2 at pixel p - the partner's zero context where that is 0.
         # Zeros are a context value, so this layout applies to the context, not to values computed from it.
         member = (num_pixels + torch.arange(num_pixels, device=per_video.device)) % 2

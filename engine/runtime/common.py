@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from engine import sampling
-from engine.config import RunConfig
+from engine.config.settings import RunConfig
+from engine.diffusion import sampling
 
 
 @dataclass(frozen=True)

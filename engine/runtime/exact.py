@@ -19,11 +19,20 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from engine import conditioning, modes, sampling, windows
-from engine.config import RunConfig
+from engine.config import modes
+from engine.config.settings import RunConfig
+from engine.diffusion import conditioning, sampling, windows
 from engine.runtime.common import HeadStore, Noise, guidance_scales, timestep_for
 from engine.runtime.control import RunControl, StageTimer
-from engine.stages import MOTION_CHUNK, RunConditioning, SourceFeatures, Stages, WindowInput, WindowOutput, to_uint8
+from engine.runtime.stages import (
+    MOTION_CHUNK,
+    RunConditioning,
+    SourceFeatures,
+    Stages,
+    WindowInput,
+    WindowOutput,
+    to_uint8,
+)
 
 Record = dict[str, torch.Tensor]
 

@@ -23,12 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine import conditioning, modes, sampling
-from engine.config import RunConfig
+from engine.config import modes
+from engine.config.settings import RunConfig
+from engine.diffusion import conditioning, sampling
 from engine.errors import EngineError
 from engine.runtime.common import Noise, guidance_scales, timestep_for
 from engine.runtime.control import RunControl, StageTimer
-from engine.stages import SourceFeatures, Stages, WindowInput, to_uint8
+from engine.runtime.stages import SourceFeatures, Stages, WindowInput, to_uint8
 
 _END = object()
 STALL_SECONDS = 2.0  # input and output queues both full this long: the caller is not reading results

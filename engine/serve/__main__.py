@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from engine.cli_args import Parser, creatable_dir, existing_dir, finite_float, int_in, positive_int
+from engine.cli.args import Parser, creatable_dir, existing_dir, finite_float, int_in, positive_int
 from engine.errors import EngineError
 from engine.serve.config import DEFAULT_DATA, ServeConfig
 

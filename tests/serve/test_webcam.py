@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from serve_support import DRIVING, REPO, Server
 
-from engine import webcam
+from engine.cli import webcam
 
 
 def _frames(path: Path) -> int:
@@ -24,7 +24,7 @@ def test_webcam_in_process_on_a_file(tmp_path: Path) -> None:
     # as a command: `python -m engine.webcam` sets its OpenMP policy before torch loads, which this
     # test process (torch already imported) could not do
     out = tmp_path / "live.mp4"
-    cmd = [sys.executable, "-m", "engine.webcam", "--camera", str(DRIVING), "--max-frames", "12", "--size", "64",
+    cmd = [sys.executable, "-m", "engine.cli.webcam", "--camera", str(DRIVING), "--max-frames", "12", "--size", "64",
            "--out", str(out)]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     line = done.stdout.strip()

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.kernels.grid_sample import grid_sample3d
 from engine.models.liveportrait.blocks import Hourglass
-from engine.ops import grid_sample3d
 
 KP_VARIANCE = 0.01
 

@@ -27,5 +27,5 @@ class MotionExtractor(nn.Module):
         self.detector = ConvNeXtV2(depths=depths, dims=dims, num_kp=num_kp, num_bins=num_bins)
 
     def forward(self, image: torch.Tensor) -> MotionHeads:
-        """[B, 3, 256, 256] in [0, 1] -> raw heads (use ``engine.motion.refine_kp_info`` for degrees)."""
+        """[B, 3, 256, 256] in [0, 1] -> raw heads (``keypoints.refine_kp_info`` gives degrees)."""
         return self.detector(image)

@@ -3,7 +3,7 @@
 source (first frame only) -> kp info, R_s, f_s = F(I_s), x_s; every driving frame -> kp info,
 keypoints relative to the first driving frame -> W(f_s; x_s, x_d) -> SPADE trunk feature.
 This module holds the four networks under the release's checkpoint names; the one implementation
-of the steps is ``engine.stages`` (SourceStage.source_motion, MotionStage), which runs them through
+of the steps is ``engine.runtime.stages`` (SourceStage.source_motion, MotionStage), which runs them through
 a backend's ``appearance`` / ``motion`` / ``warp`` graphs and is what the liveportrait fixture checks.
 
 Precision: the release keeps these four modules outside the modules it casts to fp16 and runs

@@ -32,7 +32,7 @@ PLUGIN_NAMESPACE = "frvd"
 PLUGIN_NAME = "GridSample3D"
 PLUGIN_ID = f"{PLUGIN_NAMESPACE}::{PLUGIN_NAME}"
 
-# Values of the C enums in frvd_grid_sample3d.h (engine.ops holds the same table).
+# Values of the C enums in frvd_grid_sample3d.h (engine.kernels.grid_sample holds the same table).
 MODE_CODES = {"bilinear": 0, "linear": 0, "nearest": 1}
 PADDING_CODES = {"zeros": 0, "border": 1, "reflection": 2}
 DTYPE_CODES = {"FLOAT": 0, "FP32": 0, "FLOAT32": 0, "HALF": 1, "FP16": 1, "FLOAT16": 1}
@@ -135,7 +135,7 @@ def _import_tensorrt() -> tuple[Any, Any]:
 
 
 def _enqueue(inp: Any, grid: Any, out: Any, attrs: GridSampleAttrs, stream: int) -> None:
-    from engine.ops import KernelLibraryError, load_kernel_library
+    from engine.kernels.grid_sample import KernelLibraryError, load_kernel_library
 
     lib = load_kernel_library(required=True)
     assert lib is not None

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from engine.config import read_json_object
+from engine.config.settings import read_json_object
 from engine.errors import WeightsError
 
 SVD = "stable-video-diffusion-img2vid-xt"
@@ -188,7 +188,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def expected_from_manifest(manifest_key: str) -> dict[str, tuple[int, ...]]:
-    from engine.presets import key_manifests
+    from engine.config.presets import key_manifests
 
     entries = key_manifests()[manifest_key]["state_dict"]
     return {k: tuple(v["shape"]) for k, v in entries.items()}

@@ -1,6 +1,6 @@
-"""The fast modes' denoiser graphs (engine.modes): the WFM and the UNet as separate graphs (WFM reuse
+"""The fast modes' denoiser graphs (engine.config.modes): the WFM and the UNet as separate graphs (WFM reuse
 across evaluations) and conditional-only variants whose batch is one row per window. Their specs are
-built beside the others in ``engine.graphs``; the modules take the spec's inputs in order."""
+built beside the others in ``engine.graphs.modules``; the modules take the spec's inputs in order."""
 
 from __future__ import annotations
 

@@ -89,7 +89,7 @@ class GraphSpec:
     dims: tuple[Dim, ...]
     factory: Factory = field(compare=False)
     sample: SampleFn = field(compare=False)
-    slots: tuple[str, ...]  # weight files (engine.weights.LAYOUT names) this graph is made of
+    slots: tuple[str, ...]  # weight files (engine.models.weights.LAYOUT names) this graph is made of
     opset: int = 20
     tolerance: Mapping[str, float] = field(default_factory=lambda: {"fp32": 1e-4, "fp16": 2e-2})
     fp32_only: bool = False  # LivePortrait graphs: the release never runs them in half precision

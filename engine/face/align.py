@@ -13,7 +13,7 @@ dsize 512, scale 2.3, vx_ratio 0, vy_ratio -0.125, rotation on.
 Two ways to find the face:
 
 * ``insightface``: the release's own models from ``pretrained_weights/facecropper/`` (InsightFace
-  buffalo_l detector + 106 landmarks, run by ``engine.facecropper`` on onnxruntime).
+  buffalo_l detector + 106 landmarks, run by ``engine.face.cropper`` on onnxruntime).
 * ``opencv``: needs no download. OpenCV's bundled Haar cascade (``haarcascade_frontalface_default``)
   gives a face box; the box is mapped to the landmark extent the release would measure (centre at 0.65
   of the box height, extent 0.85 of its side: eyebrows to chin and cheek to cheek, measured on the
@@ -207,14 +207,14 @@ def _insightface(paths: dict[str, Path]):
 
 @functools.lru_cache(maxsize=2)
 def _insightface_cached(key: tuple):
-    from engine.facecropper import InsightFace
+    from engine.face.cropper import InsightFace
 
     return InsightFace({k: Path(p) for k, p, *_ in key})
 
 
 def _resolve(method: str, weights_dir: Path | None):
     """(method actually used, InsightFace models or None, note for the user)."""
-    from engine.weights import locate_facecropper
+    from engine.models.weights import locate_facecropper
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")

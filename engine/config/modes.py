@@ -19,9 +19,9 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
-from engine import sampling
-from engine.config import RunConfig, SamplerConfig, WindowConfig
-from engine.guidance import Guidance
+from engine.config.settings import RunConfig, SamplerConfig, WindowConfig
+from engine.diffusion import sampling
+from engine.diffusion.guidance import Guidance
 
 KV_FACTORS = (1, 2)  # 2: keys/values of the WFM's full attentions averaged over 2x2 pixels
 _S, _W = SamplerConfig(), WindowConfig()  # the release's values are defined once, there
@@ -34,7 +34,7 @@ class Knobs:
     sampler: str = _S.sampler  # euler | heun | dpmpp_2m | ddim
     schedule: str | None = _S.schedule  # release | karras | leading; None: the sampler's own (DEFAULT_SCHEDULE)
     steps: int = _S.steps
-    guidance_mode: str = _S.guidance_mode  # engine.guidance: full | none | first:K | interval:LO:HI
+    guidance_mode: str = _S.guidance_mode  # engine.diffusion.guidance: full | none | first:K | interval:LO:HI
     wfm_every: int = _S.wfm_every  # run the WFM at every k-th model evaluation, reuse its outputs in between
     overlap: int = _W.overlap  # frames shared by consecutive windows (frame 0 is in every window besides)
     kv_downsample: int = 1  # 2: 2x2 average of keys/values in the WFM's full attentions (4x less attention)
@@ -122,7 +122,7 @@ def eval_plan(sampler: str, sigmas: torch.Tensor, guidance: str, wfm_every: int)
 
     The WFM runs at evaluations 0, k, 2k, ... and whenever the cached outputs lack rows the
     evaluation needs (a CFG evaluation after conditional-only ones). Guidance follows the sigma
-    interval of the strategy (engine.guidance)."""
+    interval of the strategy (engine.diffusion.guidance)."""
     levels = sampling.eval_sigmas(sampler, sigmas)
     cfg = Guidance.parse(guidance).plan(levels, sigmas)
     plan: list[Eval] = []

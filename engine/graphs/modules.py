@@ -28,14 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.config import DECODE_CHUNK, MOTION_CHUNK, ModelConfig
-from engine.graph_spec import Dim, GraphSpec, TensorSpec, random_tensor
-from engine.mode_graphs import DOWN_RESIDUALS, DenoiserCondGraph, UnetGraph, WfmGraph
+from engine.config.settings import DECODE_CHUNK, MOTION_CHUNK, ModelConfig
+from engine.graphs.mode_modules import DOWN_RESIDUALS, DenoiserCondGraph, UnetGraph, WfmGraph
+from engine.graphs.spec import Dim, GraphSpec, TensorSpec, random_tensor
+from engine.models.liveportrait.keypoints import refine_kp_info
 from engine.models.liveportrait.motion_branch import INPUT_SIZE as LP_INPUT  # LivePortrait always runs at 256x256
-from engine.motion import refine_kp_info
 
 GRAPH_NAMES = ("appearance", "motion", "warp", "denoiser", "vae_encoder", "vae_decoder", "image_encoder")
-# graphs the fast modes use (engine.modes), built only on request: the denoiser split into WFM and UNet
+# graphs the fast modes use (engine.config.modes), built only on request: the denoiser split into WFM and UNet
 # (WFM reuse across steps), and conditional-only variants whose batch is one row per window (no CFG pair)
 MODE_GRAPH_NAMES = ("wfm", "unet", "denoiser_cond", "wfm_cond", "unet_cond")
 ALL_GRAPH_NAMES = GRAPH_NAMES + MODE_GRAPH_NAMES
@@ -343,7 +343,7 @@ def build_specs(model: ModelConfig, opts: GraphOptions, names: tuple[str, ...] =
     size, window = opts.image_size, opts.window
     cross = unet["cross_attention_dim"]
     cross = cross if isinstance(cross, int) else cross[0]
-    # engine.ops_decomposed reads the grid's shape as Python ints, which fixes the frame count
+    # engine.kernels.decomposed reads the grid's shape as Python ints, which fixes the frame count
     # at trace time: that form gets a static chunk (the pipeline pads the last chunk).
     static = opts.grid_sample == "decomposed"
     frames = Dim("frames", opts.motion_chunk if static else 1, opts.motion_chunk, opts.motion_chunk)

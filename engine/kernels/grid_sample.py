@@ -7,7 +7,7 @@
   of ``libfrvd_kernels.so`` (CPU twin for float32 CPU tensors, CUDA kernel for float32 and
   float16 CUDA tensors). Requesting it without a built library raises ``KernelLibraryError``.
 * ``torch``: ``torch.nn.functional.grid_sample``.
-* ``decomposed``: ``engine.ops_decomposed``, plain tensor ops that export to ONNX without
+* ``decomposed``: ``engine.kernels.decomposed``, plain tensor ops that export to ONNX without
   custom nodes (for TensorRT without a plugin).
 
 The default ``auto`` uses the kernel where it applies and otherwise falls back to torch,
@@ -75,7 +75,7 @@ def kernel_library_candidates() -> list[Path]:
         p = Path(override)
         return [p / LIB_NAME if p.is_dir() else p]
     package_dir = Path(__file__).resolve().parent
-    return [package_dir.parent / "build" / LIB_NAME, package_dir / LIB_NAME]
+    return [package_dir.parents[1] / "build" / LIB_NAME, package_dir / LIB_NAME]
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -380,7 +380,7 @@ def grid_sample3d(
     if impl == "torch":
         return F.grid_sample(input, grid, mode=mode, padding_mode=padding_mode, align_corners=align_corners)
     if impl == "decomposed" and input.dim() == 5 and mode in MODE_CODES and padding_mode in PADDING_CODES:
-        from engine.ops_decomposed import grid_sample3d_decomposed
+        from engine.kernels.decomposed import grid_sample3d_decomposed
 
         return grid_sample3d_decomposed(
             input, grid, mode=mode, padding_mode=padding_mode, align_corners=align

@@ -10,7 +10,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from engine.config import VAE_SCALE, ModelConfig
+from engine.config.settings import VAE_SCALE, ModelConfig
 
 _SVD_UNET_TYPES: dict[str, Any] = {
     "in_channels": 8,

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from engine.cli_args import Parser, creatable_dir, existing_dir, positive_int
+from engine.cli.args import Parser, creatable_dir, existing_dir, positive_int
 from engine.errors import EngineError, InputError
-from engine.fixture_kinds import TensorCheck
+from engine.fixtures import TensorCheck
 
 KINDS = ("liveportrait", "wfm_unet", "pipeline")
 
@@ -36,7 +36,7 @@ def preflight(args: argparse.Namespace) -> list[str]:
     fixture set fails here, in one line, before any network is built)."""
     from safetensors import safe_open
 
-    from engine.fixture_kinds import read_config
+    from engine.fixtures import read_config
 
     fixture_dir = existing_dir(args.fixture_dir, "fixture folder", "folder holding <kind>_config.json files")
     if args.engines is not None:
@@ -48,7 +48,7 @@ def preflight(args: argparse.Namespace) -> list[str]:
         read_config(fixture_dir, kind)
         files = {p.name for p in fixture_dir.glob(f"{kind}_*.safetensors")}
         if kind == "pipeline":
-            from engine.fixture_kinds.pipeline import WEIGHT_FILES
+            from engine.fixtures.pipeline import WEIGHT_FILES
 
             files |= set(WEIGHT_FILES.values())
         for name in sorted(files):
@@ -66,7 +66,7 @@ def preflight(args: argparse.Namespace) -> list[str]:
 
 
 def run_kind(kind: str, fixture_dir: Path, **options: object) -> list[TensorCheck]:
-    module = importlib.import_module(f"engine.fixture_kinds.{kind}")
+    module = importlib.import_module(f"engine.fixtures.{kind}")
     return module.reproduce(fixture_dir, **options)
 
 

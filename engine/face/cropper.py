@@ -4,7 +4,7 @@ and its 106-point landmark model (``2d106det.onnx``), as the release's ``src/fac
 Pre- and post-processing follow InsightFace's ``RetinaFace.detect`` and ``Landmark.get`` (the code the
 release vendors) with the release's settings: detector input 512x512, score threshold 0.1, NMS 0.4.
 Images here are RGB; the release hands InsightFace BGR and InsightFace swaps it back to RGB for both
-networks, so feeding RGB directly gives the same tensors. Only ``engine.align`` uses this module.
+networks, so feeding RGB directly gives the same tensors. Only ``engine.face.align`` uses this module.
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ def _landmark_normalization(path: Path) -> tuple[float, float]:
 
 
 class InsightFace:
-    """Detector + 106-point landmarks from a located facecropper/ (see ``engine.weights.locate_facecropper``)."""
+    """Detector + 106-point landmarks from a located facecropper/ (see ``engine.models.weights.locate_facecropper``)."""
 
     def __init__(self, paths: dict[str, Path], providers: list[str] | None = None) -> None:
         self.detector = Detector(paths["detector"], providers)

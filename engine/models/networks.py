@@ -10,8 +10,9 @@ from diffusers import AutoencoderKL
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from engine import presets, weights
-from engine.config import ModelConfig, SamplerConfig
+from engine.config import presets
+from engine.config.settings import ModelConfig, SamplerConfig
+from engine.models import weights
 from engine.models.denoiser import Denoiser
 from engine.models.head_net import HeadNet
 from engine.models.liveportrait.motion_branch import MotionBranch

@@ -21,13 +21,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from engine import conditioning
-from engine.approx import kv_downsample
 from engine.backends import Backend
 from engine.backends.base import Tensors
-from engine.config import DECODE_CHUNK, MOTION_CHUNK, VAE_SCALE, RunConfig
+from engine.config.settings import DECODE_CHUNK, MOTION_CHUNK, VAE_SCALE, RunConfig
+from engine.diffusion import conditioning
+from engine.models.approx import kv_downsample
+from engine.models.liveportrait.keypoints import (
+    DrivingKeypoints,
+    KeypointInfo,
+    absolute_motion,
+    relative_motion,
+    transform_keypoint,
+)
 from engine.models.liveportrait.motion_branch import to_model_input
-from engine.motion import DrivingKeypoints, KeypointInfo, absolute_motion, relative_motion, transform_keypoint
 
 
 def float32_region(device: torch.device) -> torch.autocast:
@@ -194,13 +200,13 @@ class WindowOutput:
 
 class DenoiseStage:
     """WFM + UNet over windows x CFG pairs, batch laid out [w0_u, w0_c, w1_u, w1_c, ...], or over the
-    conditional rows alone [w0_c, w1_c, ...] (a conditional-only evaluation, engine.guidance).
+    conditional rows alone [w0_c, w1_c, ...] (a conditional-only evaluation, engine.diffusion.guidance).
 
     The unconditional rows are zeros (image embedding, image latents, head latents) and are
     written once into static per-batch-size buffers; each call fills only the rows that change.
 
     Graphs: the fused ``denoiser`` (``denoiser_cond``) when nothing is reused; with a ``cache`` (WFM
-    reuse, engine.modes) the split ``wfm`` + ``unet`` (``_cond``) graphs, the WFM's outputs kept per
+    reuse, engine.config.modes) the split ``wfm`` + ``unet`` (``_cond``) graphs, the WFM's outputs kept per
     window group and fed again to the UNet at evaluations that skip the WFM. A backend without
     ``denoiser_cond`` runs conditional-only evaluations as full pairs and keeps the conditional rows
     (the same numbers, no saving).
@@ -282,7 +288,7 @@ class DenoiseStage:
         if held_pairs and not pairs:
             held = {name: _conditional_rows(t, feeds["sample"].shape[0]) for name, t in held.items()}
         elif pairs and not held_pairs:
-            raise ValueError("a CFG evaluation cannot reuse conditional-only WFM outputs (engine.modes.eval_plan "
+            raise ValueError("a CFG evaluation cannot reuse conditional-only WFM outputs (modes.eval_plan "
                              "refreshes them)")
         unet_spec = self.backend["unet" + suffix].spec
         inputs = {n: feeds[n] for n in unet_spec.input_names[:4]}

@@ -68,9 +68,9 @@ class SamplerConfig:
     """Denoising loop settings; the defaults are the release's inference.py settings."""
 
     sampler: str = "euler"  # "euler" (release default) | "ddim" (paper: 30 steps) | "heun" | "dpmpp_2m"
-    schedule: str | None = None  # "release" | "karras" | "leading"; None: the sampler's own (engine.sampling)
+    schedule: str | None = None  # "release" | "karras" | "leading"; None: the sampler's own (engine.diffusion.sampling)
     steps: int = 25
-    guidance_mode: str = "full"  # when CFG runs: full | none | first:K | interval:LO:HI (engine.guidance)
+    guidance_mode: str = "full"  # when CFG runs: full | none | first:K | interval:LO:HI (engine.diffusion.guidance)
     wfm_every: int = 1  # the WFM runs every k-th model evaluation; its outputs are reused in between
     min_guidance: float = 2.5
     max_guidance: float = 2.5
@@ -102,7 +102,7 @@ class RunConfig:
     relative_motion: bool = True  # False: self-reenactment (absolute driving motion)
     dtype: str = "float32"
     device: str = "cpu"
-    mode: str = "exact"  # the named mode the knobs came from (engine.modes); recorded, never read back
+    mode: str = "exact"  # the named mode the knobs came from (engine.config.modes); recorded, never read back
     kv_downsample: int = 1  # 2: 2x2-averaged keys/values in the WFM's full attentions (an approximation)
 
     def to_json(self) -> str:

@@ -1,5 +1,5 @@
-"""Option types and path checks shared by the entry points (``engine.build``, ``engine.verify``,
-``engine.fixtures``; ``engine.reenact`` can use the same).
+"""Option types and path checks shared by the entry points (``engine.cli.build``, ``engine.cli.verify``,
+``engine.cli.fixtures``; ``engine.cli.reenact`` can use the same).
 
 Every bad value becomes one ``error:`` line on stderr and exit status 2, and is caught while parsing
 or right after, before any network is built, weight read or file written. Families, not instances:

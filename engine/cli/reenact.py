@@ -1,0 +1,260 @@
+"""``python -m engine.reenact``: animate a source portrait with a driving clip.
+
+With no arguments it runs the embedded default: the tiny preset on the bundled media. A thin CLI
+over ``engine.api.Reenactor``: exact mode (the release's algorithm) by default, ``--stream`` runs the
+file through the causal live path instead. Writes OUT.mp4 and OUT.json (the resolved configuration).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from engine.cli.args import Parser, existing_dir, finite_float, int_in, positive_int, seed_int
+from engine.cli.progress import PROGRESS_MODES, make_progress
+from engine.config.modes import KNOB_NAMES, KV_FACTORS, MODES, resolve
+from engine.diffusion.guidance import Guidance
+from engine.diffusion.sampling import SAMPLERS, SCHEDULES
+from engine.errors import EngineError, InputError
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+DEFAULT_SOURCE = ASSETS / "source.png"
+DEFAULT_DRIVING = ASSETS / "driving.mp4"
+
+
+def guidance_mode(text: str) -> str:
+    try:
+        return str(Guidance.parse(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = Parser(prog="python -m engine.reenact", description=__doc__,
+               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="source portrait image")
+    p.add_argument("--driving", type=Path, default=DEFAULT_DRIVING, help="driving video")
+    p.add_argument("--out", type=Path, default=Path("outputs/reenact.mp4"),
+                   help="output .mp4; OUT.json beside it records the resolved configuration")
+    p.add_argument("--preset", choices=["tiny", "official"], default="tiny")
+    p.add_argument("--weights", type=Path, default=None, help="the release's pretrained_weights/ folder")
+    # latents are size/8 and the UNet halves them three times: the side must divide by 64
+    p.add_argument("--size", type=int_in(64, multiple_of=64), default=None,
+                   help="output side in pixels, a multiple of 64 (default: the preset's)")
+    p.add_argument("--mode", choices=sorted(MODES), default="exact",
+                   help="exact = the release; fast <= 56, turbo <= 18 TFLOP/frame at 512^2 (docs/modes.md); "
+                        "every knob below given explicitly overrides the mode's value")
+    p.add_argument("--steps", type=positive_int, default=None, help="denoising steps (exact: the release's 25)")
+    p.add_argument("--guidance", type=finite_float(), default=2.5, help="classifier-free guidance scale")
+    p.add_argument("--sampler", choices=list(SAMPLERS), default=None, help="solver (exact: euler)")
+    p.add_argument("--schedule", choices=list(SCHEDULES), default=None,
+                   help="noise schedule (default: the sampler's own; euler: release, ddim: leading)")
+    p.add_argument("--guidance-mode", type=guidance_mode, default=None,
+                   help="when CFG runs: full | none | first:K | interval:LO:HI (exact: full)")
+    p.add_argument("--wfm-every", type=positive_int, default=None,
+                   help="run the Warping Feature Mapper every k-th evaluation, reuse it in between (exact: 1)")
+    p.add_argument("--overlap", type=int_in(1, 13), default=None, help="window overlap in frames (exact: 6)")
+    p.add_argument("--kv-downsample", type=int, choices=KV_FACTORS, default=None,
+                   help="2: 2x2-pooled keys/values in the WFM's full attentions, 4x less attention (torch only)")
+    p.add_argument("--seed", type=seed_int, default=0, help="the run's noise draws")
+    p.add_argument("--time-context", choices=["release", "fixed"], default="release",
+                   help="temporal-context layout: the release's (diffusers 0.27.2) or PR #7268's")
+    p.add_argument("--window-batch", type=positive_int, default=1, help="windows per denoiser call")
+    p.add_argument("--max-frames", type=positive_int, default=None, help="use only the first N driving frames")
+    p.add_argument("--absolute-motion", action="store_true", help="self-reenactment: absolute driving motion")
+    p.add_argument("--side-by-side", action="store_true", help="write source | driving | result")
+    p.add_argument("--align", choices=["none", "auto", "insightface", "opencv"], default="none",
+                   help="source face crop: none = centre crop; auto = the release's facecropper models from "
+                        "--weights when present, else OpenCV")
+    p.add_argument("--face-index", type=int_in(0), default=None,
+                   help="with --align: which face when there are several (0 = the largest)")
+    p.add_argument("--paste-back", action="store_true",
+                   help="with --align: paste each result frame back into the whole source image")
+    p.add_argument("--stream", action="store_true",
+                   help="run the clip through the causal live path (frames emitted as windows finish)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                   help="precision of the diffusion networks (LivePortrait stays float32)")
+    p.add_argument("--tf32", action="store_true", help="float32 on a CUDA GPU: allow TF32 tensor cores")
+    p.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], default="torch",
+                   help="what runs the networks (onnxruntime/tensorrt: graphs built by python -m engine.build)")
+    p.add_argument("--engines", type=Path, default=None, help="folder written by python -m engine.build --out")
+    p.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
+                   help="bars on a terminal, plain lines otherwise (auto), or none")
+    p.add_argument("--quiet", action="store_true", help="same as --progress none")
+    args = p.parse_args(argv)
+    try:
+        resolve(args.mode, **{k: getattr(args, k) for k in KNOB_NAMES})
+    except ValueError as err:
+        p.error(str(err))
+    if args.paste_back and args.align == "none":
+        p.error("--paste-back needs --align auto|insightface|opencv (a face crop to paste back)")
+    if args.backend != "torch" and args.engines is None:
+        p.error(f"--backend {args.backend} needs --engines DIR (built with python -m engine.build)")
+    if args.preset == "official" and args.weights is None and args.backend == "torch":
+        p.error("--preset official needs --weights DIR (the release's pretrained_weights/ folder)")
+    return args
+
+
+def check_inputs(args: argparse.Namespace, size: int) -> None:
+    """Every path and option checked before any network is built or weight read."""
+    from engine.io import check_output_path, load_image, probe_video, read_rgb
+
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise InputError(f"--device {args.device!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(
+            f"--device {args.device}: this torch ({torch.__version__}) has no usable CUDA; install a CUDA build "
+            "(see README, 'On a GPU') or use --device cpu"
+        )
+    load_image(args.source, size)
+    if args.align != "none":  # no face, or several: known before any network is built
+        from engine.face.align import crop_transform
+
+        crop_transform(read_rgb(args.source), args.align, args.face_index, args.weights)
+    probe_video(args.driving)
+    if args.weights is not None:
+        existing_dir(args.weights, "--weights", "release's pretrained_weights/ folder")
+    out = args.out.expanduser().resolve()
+    for what, path in (("--driving", args.driving), ("--source", args.source)):
+        if path.expanduser().resolve() == out:
+            raise InputError(f"--out '{args.out}' is the {what} file; choose another output path")
+    if args.out.with_suffix(".json").is_dir():
+        raise InputError(f"'{args.out.with_suffix('.json')}' is a directory; the run's configuration goes there")
+    check_output_path(args.out)
+
+
+def run(args: argparse.Namespace) -> str:
+    from engine.api import EngineOptions, Reenactor, RunOptions
+    from engine.models import networks
+
+    start = time.perf_counter()
+    model, _ = networks.preset_configs(args.preset, args.weights if args.preset == "official" else None)
+    check_inputs(args, args.size or model.image_size)
+    engine = Reenactor.from_preset(
+        args.preset,
+        EngineOptions(size=args.size, device=args.device, dtype=args.dtype, backend=args.backend,
+                      engines=args.engines, time_context=args.time_context, window_batch=args.window_batch,
+                      tf32=args.tf32),
+        weights=args.weights,
+    )
+    options = RunOptions(mode=args.mode, guidance=args.guidance, seed=args.seed,
+                         relative_motion=not args.absolute_motion, **{k: getattr(args, k) for k in KNOB_NAMES})
+    run_cfg = engine.run_config(options)  # the resolved knobs, for the summary line
+    progress = make_progress("none" if args.quiet else args.progress)
+    load_s = time.perf_counter() - start
+    try:
+        with engine:
+            source = engine.set_source(args.source, args.align, args.face_index)
+            if source.note:
+                print(f"note: {source.note}", file=sys.stderr)
+            if args.stream:
+                summary = _run_stream(engine, source, args, options, progress)
+            else:
+                from engine.runtime import RunControl
+
+                result = engine.render(source, args.driving, args.out, options=options,
+                                       control=RunControl(progress=progress), max_frames=args.max_frames,
+                                       side_by_side_with_inputs=args.side_by_side, paste_back=args.paste_back)
+                sec = result.seconds
+                summary = (f"{result.num_frames} frames", sec, result.num_frames)
+    finally:
+        progress.close()
+    label, sec, n = summary
+    total = time.perf_counter() - start
+    backend = "" if args.backend == "torch" else f"{args.backend}, "
+    mode = f"{args.mode}{', stream' if args.stream else ''}"
+    stages = ", ".join(f"{k} {v:.1f} s" for k, v in sec.items() if k != "total")
+    return (
+        f"reenact: {label} {engine.size}x{engine.size} [{args.preset}, {backend}{mode}, "
+        f"{run_cfg.sampler.sampler} {run_cfg.sampler.steps} steps] in {total:.1f} s = "
+        f"{total / max(n, 1):.2f} s/frame (load {load_s:.1f} s, {stages}) -> {args.out}"
+    )
+
+
+def _run_stream(engine, source, args, options, progress) -> tuple[str, dict[str, float], int]:
+    """The file through the live path: a reader thread pushes frames, results go to the writer."""
+    import numpy as np
+
+    from engine.api import _write_with_sidecar, compose
+    from engine.io import iter_video_frames, probe_video
+    from engine.runtime import RunControl, StageTimer
+
+    info = probe_video(args.driving)
+    control = RunControl(progress=progress)
+    latencies: list[float] = []
+    total = info.frame_count or 0
+    with engine.stream(source, options, control) as stream:
+
+        def feed() -> None:
+            try:
+                for frame in iter_video_frames(args.driving, engine.size, args.max_frames):
+                    stream.push(frame)
+                stream.end()
+            except BaseException:  # noqa: BLE001 - the results loop reports the stream's error
+                control.cancel()
+
+        reader = threading.Thread(target=feed, name="frvd-reader", daemon=True)
+        reader.start()
+
+        def results():
+            for out in stream.results():
+                latencies.append(out.latency)
+                progress("stream", out.index + 1, max(total, out.index + 1))
+                yield out.frame
+            control.check()
+
+        drive = iter_video_frames(args.driving, engine.size, args.max_frames) if args.side_by_side else None
+        frames = compose(results(), source, drive, args.paste_back)
+
+        timer = StageTimer()
+        cfg = engine.run_config(options)
+        _write_with_sidecar(args.out, frames, info.rate, args.driving if info.has_audio else None, cfg, timer)
+        reader.join()
+        sec = dict(stream.stage_seconds(), **timer.seconds)
+    n = len(latencies)
+    lat = np.array(latencies) if latencies else np.zeros(1)
+    label = (f"{n} frames streamed (first frame {lat[0]:.2f} s, p50 {np.median(lat):.2f} s, "
+             f"lookahead {stream.lookahead} frames)")
+    return label, sec, n
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_grad_enabled(False)
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _sigterm) if on_main else None
+    try:
+        print(run(args))
+    except EngineError as err:
+        if err.exit_code == 130:
+            print("interrupted: no output was written", file=sys.stderr)
+        else:
+            print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: no output was written", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("error: out of memory; try a smaller --size or --max-frames", file=sys.stderr)
+        return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
+def _sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C: temporary files removed, exit 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""diffusion: see docs/architecture.md."""

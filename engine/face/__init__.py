@@ -1,0 +1,1 @@
+"""face: see docs/architecture.md."""
