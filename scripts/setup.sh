@@ -9,6 +9,12 @@
 #   bash scripts/setup.sh --ort gpu        # onnxruntime-gpu (CUDA/TensorRT EPs) instead of onnxruntime
 #   FRVD_ORT=gpu FRVD_EXTRAS=trt bash scripts/setup.sh   # the same by variable, plus TensorRT
 #
+#   bash scripts/setup.sh --no-lock        # newest releases within pyproject.toml's bounds (FRVD_LOCK=0)
+#
+# By default every package is installed at the exact version CI tested (scripts/constraints-cpu.txt,
+# refreshed by scripts/update_lock.sh); packages the lock does not list (CUDA builds, TensorRT,
+# onnxruntime-gpu) take the newest release within pyproject.toml's bounds.
+#
 # onnxruntime and onnxruntime-gpu provide the same `onnxruntime` module and cannot coexist: the
 # chosen one comes from the package's [cpu] or [gpu] extra and the other is uninstalled first.
 # TAG is the CUDA version of PyTorch's wheels (cu126, cu128, cu130, ...): pick one the GPU driver
@@ -27,7 +33,8 @@ while [ $# -gt 0 ]; do
       if [ $# -gt 1 ] && [[ "$2" == cu* ]]; then TORCH_BUILD=$2; shift; fi ;;
     --cpu) TORCH_BUILD=cpu ;;
     --ort) ORT=${2:-}; shift ;;
-    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --no-lock) FRVD_LOCK=0 ;;
+    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "error: unknown option '$1' (use --cuda [TAG], --cpu or --ort cpu|gpu; see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -42,7 +49,11 @@ case "$ORT" in
   gpu) ORT_OTHER=onnxruntime ;;
   *) echo "error: --ort / FRVD_ORT must be 'cpu' or 'gpu', not '$ORT'" >&2; exit 2 ;;
 esac
+EXTRAS_CI="dev,serve,cpu"  # what CI installs, and what scripts/constraints-cpu.txt locks
 EXTRAS="dev,serve,$ORT${FRVD_EXTRAS:+,$FRVD_EXTRAS}"
+LOCK=scripts/constraints-cpu.txt
+LOCK_ARGS=()
+if [ "${FRVD_LOCK:-1}" != 0 ]; then LOCK_ARGS=(-c "$LOCK"); fi
 
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
@@ -67,7 +78,9 @@ fi
 if python -m pip show -q "$ORT_OTHER" >/dev/null 2>&1; then
   python -m pip uninstall -q -y "$ORT_OTHER"  # it would shadow, or be shadowed by, the chosen wheel
 fi
-python -m pip install -q -e ".[$EXTRAS]"
+python -m pip install -q -e ".[$EXTRAS]" "${LOCK_ARGS[@]}"
+# tests/test_lock.py compares the installed versions with the lock this venv was installed from
+if [ ${#LOCK_ARGS[@]} -gt 0 ]; then cp "$LOCK" .venv/frvd-installed-lock.txt; else rm -f .venv/frvd-installed-lock.txt; fi
 # The browser test drives Debian's headless Chromium (Playwright's own browser download cannot work
 # offline). Installed when missing; if apt-get fails, that one test skips and says why.
 if [ "${FRVD_NO_BROWSER:-0}" != 1 ] && ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
