@@ -49,8 +49,8 @@ case "$ORT" in
   gpu) ORT_OTHER=onnxruntime ;;
   *) echo "error: --ort / FRVD_ORT must be 'cpu' or 'gpu', not '$ORT'" >&2; exit 2 ;;
 esac
-EXTRAS_CI="dev,serve,cpu"  # what CI installs, and what scripts/constraints-cpu.txt locks
-EXTRAS="dev,serve,$ORT${FRVD_EXTRAS:+,$FRVD_EXTRAS}"
+EXTRAS_CI="dev,serve,cpu,ray"  # what CI installs, and what scripts/constraints-cpu.txt locks
+EXTRAS="dev,serve,ray,$ORT${FRVD_EXTRAS:+,$FRVD_EXTRAS}"
 LOCK=scripts/constraints-cpu.txt
 LOCK_ARGS=()
 if [ "${FRVD_LOCK:-1}" != 0 ]; then LOCK_ARGS=(-c "$LOCK"); fi
