@@ -1,7 +1,7 @@
 """``python -m engine.fixtures DIR``: reproduce every official-release fixture found in DIR.
 
 DIR is laid out like ``../shared/fixtures/official/``: each ``<kind>_config.json`` with its
-safetensors (kinds: liveportrait, wfm_unet, pipeline). Prints one row per tensor (name,
+safetensors (kinds: liveportrait, wfm_unet, pipeline, train_step). Prints one row per tensor (name,
 max relative error, tolerance, pass/fail) and exits non-zero if any tensor fails.
 
 ``--backend onnxruntime`` runs the pipeline kind on graphs exported from the fixture's own
@@ -24,7 +24,7 @@ from engine.cli.args import Parser, creatable_dir, existing_dir, positive_int
 from engine.errors import EngineError, InputError
 from engine.fixtures import TensorCheck
 
-KINDS = ("liveportrait", "wfm_unet", "pipeline")
+KINDS = ("liveportrait", "wfm_unet", "pipeline", "train_step")
 
 
 def discover(fixture_dir: Path) -> list[str]:
@@ -47,10 +47,12 @@ def preflight(args: argparse.Namespace) -> list[str]:
     for kind in kinds:
         read_config(fixture_dir, kind)
         files = {p.name for p in fixture_dir.glob(f"{kind}_*.safetensors")}
-        if kind == "pipeline":
+        if kind in ("pipeline", "train_step"):  # train_step runs on the pipeline fixture's weights
             from engine.fixtures.pipeline import WEIGHT_FILES
 
             files |= set(WEIGHT_FILES.values())
+            if kind == "train_step":
+                read_config(fixture_dir, "pipeline")
         for name in sorted(files):
             path = fixture_dir / name
             if not path.is_file():
@@ -114,7 +116,7 @@ def _run(args: argparse.Namespace, kinds: list[str]) -> int:
     failed = total = 0
     for kind in kinds:
         options: dict[str, object] = {}
-        if kind in ("wfm_unet", "pipeline"):
+        if kind in ("wfm_unet", "pipeline", "train_step"):
             options["time_context"] = args.time_context
         if kind == "pipeline":
             options["window_batch"] = args.window_batch

@@ -210,12 +210,18 @@ def _chunk_rows() -> int:
     return CHUNK_ROWS * max(1, torch.get_num_threads())
 
 
+def _trains(module: nn.Module) -> bool:
+    """Training the module: the value must be part of this step's graph (a cached one would carry no
+    gradient to the weights, or an old step's graph)."""
+    return torch.is_grad_enabled() and any(p.requires_grad for p in module.parameters())
+
+
 class ShapeCache:
     """Tensors that depend only on shapes and on a module's weights (position embeddings), kept per key.
 
     An entry is reused while the weights are the same tensors at the same version (``load_state_dict``,
     ``.to()`` and in-place edits all invalidate it). Bypassed while tracing or exporting, so graphs keep
-    computing the value from their inputs' shapes.
+    computing the value from their inputs' shapes, and while the module trains (see ``_trains``).
     """
 
     def __init__(self) -> None:
@@ -226,7 +232,7 @@ class ShapeCache:
         return tuple((p.data_ptr(), p._version) for p in module.parameters())
 
     def get(self, key: tuple, module: nn.Module, compute) -> torch.Tensor:
-        if _tracing():
+        if _tracing() or _trains(module):
             return compute()
         stamp = self._stamp(module)
         hit = self._entries.get(key)
