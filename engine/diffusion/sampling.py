@@ -13,6 +13,11 @@ Schedules and solvers are chosen separately (``make_schedule(sampler, steps, cfg
     karras    Karras sigmas (rho 7) between the smallest and largest *training* noise levels
               (0.029 .. 14.6 for SVD's betas), as k-diffusion and diffusers' DPM-Solver use them
     leading   the DDPM training noise levels at 'leading'-spaced timesteps (the paper's DDIM)
+    student   K of the release schedule's 25 sigmas (``student_indices``): where a distilled student
+              was trained to land on the teacher's trajectory (docs/distillation.md)
+
+The ``distilled`` sampler is the student's own loop (deterministic DDIM steps between its K sigmas);
+``teacher_trajectory`` and ``trajectory_target`` give what it is trained on.
 """
 
 from __future__ import annotations
@@ -85,13 +90,33 @@ def ddim_schedule(steps: int, cfg: dict[str, Any]) -> Schedule:
     return Schedule(sigmas=sigmas_t, timesteps=torch.from_numpy(timesteps).float())
 
 
+TEACHER_STEPS = 25  # the release's Euler steps: the grid a student's sigmas are taken from
+
+
+def student_indices(steps: int, teacher_steps: int = TEACHER_STEPS) -> list[int]:
+    """Which of the teacher's ``teacher_steps + 1`` sigmas (the last is 0) a K-step student runs at:
+    evenly spaced indices (K = 1: [0, 25], 2: [0, 12, 25], 4: [0, 6, 12, 19, 25])."""
+    if not 1 <= steps <= teacher_steps:
+        raise ValueError(f"a student takes 1 .. {teacher_steps} steps, got {steps}")
+    return [int(i) for i in np.round(np.linspace(0, teacher_steps, steps + 1))]
+
+
+def student_schedule(steps: int, cfg: dict[str, Any]) -> Schedule:
+    """The release schedule's sigmas (and timesteps) at ``student_indices(steps)``."""
+    teacher = karras_schedule(TEACHER_STEPS, cfg)
+    idx = student_indices(steps)
+    return Schedule(sigmas=teacher.sigmas[idx], timesteps=teacher.timesteps[idx[:-1]])
+
+
 SCHEDULES: dict[str, Callable[[int, dict[str, Any]], Schedule]] = {
     "release": karras_schedule,
     "karras": karras_train_schedule,
     "leading": ddim_schedule,
+    "student": student_schedule,
 }
 # the schedule each solver gets when none is named: the release's Euler keeps its own, DDIM the paper's
-DEFAULT_SCHEDULE = {"euler": "release", "heun": "release", "dpmpp_2m": "release", "ddim": "leading"}
+DEFAULT_SCHEDULE = {"euler": "release", "heun": "release", "dpmpp_2m": "release", "ddim": "leading",
+                    "distilled": "student"}
 
 
 def make_schedule(sampler: str, steps: int, cfg: dict[str, Any], schedule: str | None = None) -> Schedule:
@@ -200,8 +225,60 @@ def sample_ddim(model_fn: ModelFn, x: torch.Tensor, sigmas: torch.Tensor, callba
     return x
 
 
+def sample_distilled(model_fn: ModelFn, x: torch.Tensor, sigmas: torch.Tensor, callback: Callback | None = None
+                     ) -> torch.Tensor:
+    """A trajectory-distilled student's K steps (docs/distillation.md): x <- D + (sigma_next / sigma)
+    (x - D), the deterministic DDIM step, with the student's D trained so that each step lands on the
+    teacher's trajectory at sigma_next (``trajectory_target``). No guidance: it is baked in."""
+    x = x.float()
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = model_fn(x, sigma).float()
+        x = denoised + (sigma_next / sigma) * (x - denoised)
+        if callback is not None:
+            callback(i, x, sigma, denoised)
+    return x
+
+
+def trajectory_target(x: torch.Tensor, x_next: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor
+                      ) -> torch.Tensor:
+    """The denoised value D for which the student's step from (x, sigma) lands exactly on x_next:
+    x_next = D + r (x - D), r = sigma_next / sigma, so D = (x_next - r x) / (1 - r)."""
+    r = sigma_next / sigma
+    return (x_next - r * x) / (1 - r)
+
+
+def teacher_trajectory(model_fn: ModelFn, x: torch.Tensor, sigmas: torch.Tensor, keep: list[int],
+                       sampler: str = "euler", substeps: int = 1) -> list[torch.Tensor]:
+    """Run the teacher's solver over ``sigmas`` (each interval split into ``substeps`` Karras-spaced
+    sub-intervals, 1: the teacher's own steps) and return x at the sigma indices ``keep``."""
+    fine = _refine(sigmas, substeps)
+    kept: dict[int, torch.Tensor] = {0: x.float()} if 0 in keep else {}
+
+    def record(i: int, x_i: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> None:
+        if (i + 1) % substeps == 0 and (i + 1) // substeps in keep:
+            kept[(i + 1) // substeps] = x_i
+
+    SAMPLERS[sampler](model_fn, x, fine, callback=record)
+    return [kept[k] for k in keep]
+
+
+def _refine(sigmas: torch.Tensor, substeps: int) -> torch.Tensor:
+    if substeps == 1:
+        return sigmas
+    out = []
+    for a, b in zip(sigmas[:-1].tolist(), sigmas[1:].tolist(), strict=True):
+        if b > 0:  # rho-7 spacing inside the interval, as the Karras grid itself
+            lo, hi = b ** (1 / 7), a ** (1 / 7)
+            out += [(hi + j / substeps * (lo - hi)) ** 7 for j in range(substeps)]
+        else:  # the last interval ends at 0: geometric down to a small sigma, then 0
+            out += list(np.geomspace(a, a * 1e-3, substeps))
+    return torch.tensor([*out, 0.0], dtype=torch.float32)
+
+
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "euler": sample_euler, "heun": sample_heun, "dpmpp_2m": sample_dpmpp_2m, "ddim": sample_ddim,
+    "distilled": sample_distilled,
 }
 
 
