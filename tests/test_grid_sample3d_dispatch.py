@@ -61,7 +61,8 @@ class _Spy:
 
 def test_default_candidates_are_build_dir_then_package_dir(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ops.LIB_ENV, raising=False)
-    assert ops.kernel_library_candidates() == [REPO / "build" / ops.LIB_NAME, REPO / "engine" / "kernels" / ops.LIB_NAME]
+    expected = [REPO / "build" / ops.LIB_NAME, REPO / "engine" / "kernels" / ops.LIB_NAME]
+    assert ops.kernel_library_candidates() == expected
 
 
 def test_env_override_accepts_a_folder(monkeypatch: pytest.MonkeyPatch, built_library: Path) -> None:
