@@ -21,6 +21,7 @@ from engine.serve.context import Context
 from engine.serve.engines import Engines
 from engine.serve.errors import ApiError, api_error_handler
 from engine.serve.metrics import Metrics
+from engine.serve.sessions import Sessions
 from engine.serve.store import JobStore
 from engine.serve.worker import JobWorker
 
@@ -40,7 +41,7 @@ def build_context(config: ServeConfig) -> Context:
     engines = Engines(config)
     metrics = Metrics(store.counts)
     worker = JobWorker(config, store, engines, metrics)
-    return Context(config, store, engines, metrics, worker, streams.Sessions())
+    return Context(config, store, engines, metrics, worker, Sessions())
 
 
 def create_app(config: ServeConfig) -> FastAPI:

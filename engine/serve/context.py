@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from engine.serve.config import ServeConfig
 from engine.serve.engines import Engines
 from engine.serve.metrics import Metrics
+from engine.serve.sessions import Sessions
 from engine.serve.store import JobStore
-
-if TYPE_CHECKING:
-    from engine.serve.jobs import JobWorker
-    from engine.serve.streams import Sessions
+from engine.serve.worker import JobWorker
 
 
 @dataclass

@@ -17,7 +17,6 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -35,6 +34,7 @@ from engine.serve.errors import ApiError
 from engine.serve.inbox import POLICIES, Inbox, Item
 from engine.serve.options import RUN_FIELDS, parse
 from engine.serve.protocol import close_reason, image_kind, pack_out, unpack_in
+from engine.serve.sessions import Stats
 from engine.serve.sources import inline_source, source_path
 
 log = logging.getLogger("engine.serve")
@@ -48,37 +48,6 @@ class Close(Exception):
     def __init__(self, code: int, reason: str, field_name: str = "") -> None:
         super().__init__(reason)
         self.code, self.reason, self.field = code, reason, field_name
-
-
-@dataclass
-class Stats:
-    received: int = 0
-    pushed: int = 0
-    dropped: int = 0  # input frames dropped by the drop-oldest policy
-    sent: int = 0
-    dropped_out: int = 0  # results dropped because the client did not read them
-    late: int = 0  # frames that arrived after the end message (ignored)
-    started: float = field(default_factory=time.monotonic)
-    first_sent: float | None = None
-    latencies: list[float] = field(default_factory=list)  # seconds, last 1000
-
-    def public(self) -> dict:
-        lat = np.array(self.latencies) if self.latencies else None
-        span = time.monotonic() - (self.first_sent or self.started)
-        return {"received": self.received, "pushed": self.pushed, "dropped": self.dropped, "sent": self.sent,
-                "dropped_out": self.dropped_out, "late": self.late,
-                "seconds": round(time.monotonic() - self.started, 3),
-                "fps": round((self.sent - 1) / span, 3) if self.sent > 1 and span > 0 else 0.0,
-                "latency_p50_ms": round(float(np.percentile(lat, 50)) * 1000, 1) if lat is not None else None,
-                "latency_p95_ms": round(float(np.percentile(lat, 95)) * 1000, 1) if lat is not None else None}
-
-
-class Sessions:
-    """The open sessions of one server (for stats and tests)."""
-
-    def __init__(self) -> None:
-        self.active: dict[str, Stats] = {}
-        self.total = 0
 
 
 def decode_frame(payload: bytes, size: int, max_pixels: int) -> np.ndarray:
