@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from needs import missing
 
 from engine.kernels import grid_sample as ops
 
@@ -170,9 +171,9 @@ def test_kernel_mode_gives_one_clear_error(fake_library, monkeypatch: pytest.Mon
 def test_built_library_exports_the_probe() -> None:
     lib = ops.load_kernel_library(required=False)
     if lib is None:
-        pytest.skip("libfrvd_kernels.so is not built")
+        missing("libfrvd_kernels.so is not built")
     if not hasattr(lib, "frvd_cuda_check"):
-        pytest.skip("libfrvd_kernels.so predates frvd_cuda_check: rebuild with scripts/build_kernels.sh")
+        missing("libfrvd_kernels.so predates frvd_cuda_check: rebuild with scripts/build_kernels.sh")
     runtime, driver, devices = ctypes.c_int(-1), ctypes.c_int(-1), ctypes.c_int(-1)
     status = lib.frvd_cuda_check(ctypes.byref(runtime), ctypes.byref(driver), ctypes.byref(devices))
     if not torch.cuda.is_available():  # here: no GPU, so never OK

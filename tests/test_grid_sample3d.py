@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from needs import missing
 
 from engine.kernels import grid_sample as ops
 from engine.kernels.decomposed import grid_sample3d_decomposed
@@ -23,7 +24,7 @@ PROPERTY = settings(max_examples=25, deadline=None, suppress_health_check=[Healt
 def lib() -> ctypes.CDLL:
     handle = ops.load_kernel_library(required=False)
     if handle is None:
-        pytest.skip(f"libfrvd_kernels.so is not built (run scripts/build_kernels.sh): {ops._lib_error}")
+        missing(f"libfrvd_kernels.so is not built (run scripts/build_kernels.sh): {ops._lib_error}")
     return handle
 
 

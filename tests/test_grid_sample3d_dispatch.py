@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from needs import missing
 
 import engine.kernels.decomposed
 from engine.kernels import grid_sample as ops
@@ -31,7 +32,7 @@ def _isolated_state(monkeypatch: pytest.MonkeyPatch):
 def built_library() -> Path:
     path = next((p for p in ops.kernel_library_candidates() if p.is_file()), None)
     if path is None:
-        pytest.skip("libfrvd_kernels.so is not built (run scripts/build_kernels.sh)")
+        missing("libfrvd_kernels.so is not built (run scripts/build_kernels.sh)")
     return path
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from needs import missing
 
 from engine.kernels import grid_sample as ops
 
@@ -149,7 +150,7 @@ def test_registration_glue_with_a_stand_in_tensorrt(
     assert fns["autotune"](inp, grid, ()) == [(plugin.IO_TYPES, plugin.IO_LAYOUTS)]
 
     if ops.load_kernel_library(required=False) is None:
-        pytest.skip("libfrvd_kernels.so is not built: the enqueue path cannot be exercised")
+        missing("libfrvd_kernels.so is not built: the enqueue path cannot be exercised")
     # Null device pointers: the C ABI rejects the call before any launch, so the enqueue
     # path (argument order and count across ctypes) runs end to end without a GPU.
     outputs = (_FakeTensor((1, 32, 8, 9, 10)),)

@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import pytest
 from cdp import Browser, find_chromium
+from needs import missing
 from serve_support import DRIVING, SOURCE, Server, clip_frames, write_y4m
 
 CANVAS_STATS = """(() => {
@@ -25,7 +26,7 @@ CANVAS_STATS = """(() => {
 def chromium() -> str:
     path = find_chromium()
     if path is None:
-        pytest.skip("no Chromium: install Debian's `chromium` (scripts/setup.sh does, with apt-get)")
+        missing("no Chromium: install Debian's `chromium` (scripts/setup.sh does, with apt-get)")
     return path
 
 
