@@ -370,7 +370,7 @@ class ReenactStream:
 
     def ready(self) -> list[StreamFrame]:
         """Every frame finished so far, without blocking."""
-        out = []
+        out: list[StreamFrame] = []
         while not self._finished:
             try:
                 item = self.runner.outputs.get_nowait()
@@ -447,7 +447,7 @@ def compose(frames: Iterable[np.ndarray], handle: SourceHandle, driving: Iterabl
     """Result frames as written: pasted back into the whole source, and/or beside the inputs
     (source | driving | result, the driving frame scaled to the result's height)."""
     paster = handle.paster() if paste_back else None
-    source = handle.original if paster is not None else handle.image
+    source = handle.original if paster is not None and handle.original is not None else handle.image
     drive = iter(driving) if driving is not None else None
     for frame in frames:
         if paster is not None:

@@ -143,6 +143,8 @@ def export_module(spec: GraphSpec, module: nn.Module, path: Path, opset: int | N
             optimize=False,
             verbose=False,
         )
+    if onnx_program is None:  # torch.onnx.export returns None only for the legacy (TorchScript) exporter
+        raise RuntimeError(f"torch.onnx.export returned no program for {spec.name}")
     model = onnx_program.model
     light_optimize(model)
     attention_onnx.trim_attention_outputs(model)

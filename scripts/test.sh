@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
-# The test command (README, CI): set up, lint, run the whole suite.
+# The test command (README, CI): set up, lint, type-check, run the whole suite.
+#   bash scripts/test.sh [pytest args]    e.g. bash scripts/test.sh tests/test_api.py -x
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
+echo "test: ruff check ."
 ruff check .
+echo "test: mypy (engine/ and export/, configured in pyproject.toml [tool.mypy])"
+if ! mypy; then
+  echo "test: error: the type checker (mypy) found the errors above in engine/ or export/." >&2
+  echo "test: fix the annotations (run: mypy), or see docs/architecture.md 'Types' for the house rules." >&2
+  exit 1
+fi
 python -m pytest -q -p no:cacheprovider "$@"

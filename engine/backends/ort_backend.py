@@ -124,12 +124,13 @@ class OrtGraph(GraphRunner):
             buf = torch.empty(spec_t.concrete(dims), dtype=self.out_dtypes[spec_t.name], device=self.device)
             outputs[spec_t.name] = buf
             self._bind(binding, spec_t.name, buf, output=True)
-        current = torch.cuda.current_stream() if self.stream is not None else None
-        if current is not None and current != self.stream:
-            self.stream.wait_stream(current)  # inputs were made on the caller's stream
+        own = self.stream
+        current = torch.cuda.current_stream() if own is not None else None
+        if own is not None and current is not None and current != own:
+            own.wait_stream(current)  # inputs were made on the caller's stream
         self.session.run_with_iobinding(binding, self.run_options)
-        if current is not None and current != self.stream:
-            current.wait_stream(self.stream)
+        if own is not None and current is not None and current != own:
+            current.wait_stream(own)
         return outputs
 
     def close(self) -> None:

@@ -135,6 +135,7 @@ class TrtGraph(GraphRunner):
                 self._execute(handle, "warm up")
                 binding.warm = True
             cudart = self.cudart
+            assert cudart is not None  # cuda_graphs requires it (__init__)
             _check(cudart.cudaStreamBeginCapture(handle, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal),
                    "cudaStreamBeginCapture")
             try:
@@ -143,6 +144,7 @@ class TrtGraph(GraphRunner):
                 graph = _check(cudart.cudaStreamEndCapture(handle), "cudaStreamEndCapture")
             binding.graph_exec = _check(cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
             _check(cudart.cudaGraphDestroy(graph), "cudaGraphDestroy")
+        assert self.cudart is not None
         _check(self.cudart.cudaGraphLaunch(binding.graph_exec, handle), "cudaGraphLaunch")
 
     def run(self, feeds: Mapping[str, torch.Tensor]) -> Tensors:

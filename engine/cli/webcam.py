@@ -207,7 +207,10 @@ def run_remote(args: argparse.Namespace, frames: Iterator[np.ndarray], emit: Cal
                         raise InputError(f"the server closed the stream ({msg['code']}): {msg['message']}")
                     continue
                 index, stamp, _, jpg = unpack_out(message)
-                rgb = cv2.imdecode(np.frombuffer(jpg, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+                bgr = cv2.imdecode(np.frombuffer(jpg, np.uint8), cv2.IMREAD_COLOR)
+                if bgr is None:
+                    raise InputError(f"the server sent frame {index} as an image that does not decode")
+                rgb = bgr[..., ::-1]
                 now_ms = (time.perf_counter() - origin) * 1000
                 emit(Result(index, np.ascontiguousarray(rgb), (now_ms - (stamp or now_ms)) / 1000))
         except ConnectionClosed as err:

@@ -16,6 +16,7 @@ the WFM runs or its last outputs are reused: the runtime follows it and the cost
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import torch
 
@@ -83,7 +84,7 @@ MODES: dict[str, Knobs] = {
 KNOB_NAMES = tuple(f.name for f in fields(Knobs))
 
 
-def resolve(mode: str = "exact", base: Knobs | None = None, **overrides: object) -> Knobs:
+def resolve(mode: str = "exact", base: Knobs | None = None, **overrides: Any) -> Knobs:
     """The mode's knobs (``base`` instead of exact's when given: an engine's own defaults) with every
     non-None override applied, checked."""
     if mode not in MODES:

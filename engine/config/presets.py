@@ -82,7 +82,7 @@ def official() -> ModelConfig:
 
 def tiny() -> ModelConfig:
     """The fixture architecture: real geometry, tiny widths; 128x128 output, 16x16 latents."""
-    liveportrait = {
+    liveportrait: dict[str, Any] = {
         "appearance_feature_extractor_params": {
             "image_channel": 3,
             "block_expansion": 16,

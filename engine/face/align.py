@@ -180,7 +180,8 @@ def _haar() -> cv2.CascadeClassifier:
             f"OpenCV {cv2.__version__} has no Haar cascades (OpenCV 5 dropped them): "
             "install opencv-python-headless<5 (bash scripts/setup.sh does)"
         )
-    path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
+    haar_dir = cv2.data.haarcascades  # type: ignore[attr-defined]  # checked above; not in OpenCV's stubs
+    path = Path(haar_dir) / "haarcascade_frontalface_default.xml"
     cascade = cv2.CascadeClassifier(str(path))
     if cascade.empty():
         raise WeightsError(f"OpenCV's face cascade {path} is missing or unreadable: reinstall opencv-python-headless")
@@ -239,7 +240,7 @@ def detect_faces(image_u8: np.ndarray, method: str = "opencv", weights_dir: Path
     image = _check_image(image_u8)
     used, models, _ = _resolve(method, weights_dir)
     if used == "insightface":
-        boxes = [Box(*map(float, d[:4]), float(d[4])) for d in models.detect(image)]
+        boxes = [Box(float(d[0]), float(d[1]), float(d[2]), float(d[3]), float(d[4])) for d in models.detect(image)]
     else:
         boxes = _detect_opencv(image)
     return sorted(boxes, key=lambda b: b.area, reverse=True)
@@ -284,7 +285,7 @@ def crop_transform(image_u8: np.ndarray, method: str = "auto", face_index: int |
         dets = models.detect(image)
         order = np.argsort(-(dets[:, 2] - dets[:, 0]) * (dets[:, 3] - dets[:, 1]), kind="stable")
         dets = dets[order]
-        boxes = [Box(*map(float, d[:4]), float(d[4])) for d in dets]
+        boxes = [Box(float(d[0]), float(d[1]), float(d[2]), float(d[3]), float(d[4])) for d in dets]
         i = select_face(boxes, face_index)
         matrix = matrix_from_landmarks(models.landmarks(image, dets[i]), size)
     else:

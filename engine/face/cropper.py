@@ -73,7 +73,7 @@ class Detector:
         scores, boxes, kpss = [], [], []
         for i, stride in enumerate(self.strides):
             gh, gw = in_h // stride, in_w // stride
-            centers = (np.stack(np.mgrid[:gh, :gw][::-1], axis=-1).astype(np.float32) * stride).reshape(-1, 2)
+            centers = (np.stack(list(np.mgrid[:gh, :gw][::-1]), axis=-1).astype(np.float32) * stride).reshape(-1, 2)
             if self.num_anchors > 1:
                 centers = np.repeat(centers, self.num_anchors, axis=0)
             score = np.asarray(outs[i]).reshape(-1)
@@ -89,9 +89,9 @@ class Detector:
         score = np.concatenate(scores)
         order = np.argsort(-score, kind="stable")
         det = np.concatenate([np.concatenate(boxes) / det_scale, score[:, None]], axis=1)[order].astype(np.float32)
-        keep = _nms(det, NMS_THRESH)
-        kps = (np.concatenate(kpss) / det_scale)[order][keep] if self.use_kps else None
-        return det[keep], kps
+        kept = _nms(det, NMS_THRESH)
+        kps = (np.concatenate(kpss) / det_scale)[order][kept] if self.use_kps else None
+        return det[kept], kps
 
 
 def _nms(dets: np.ndarray, thresh: float) -> list[int]:

@@ -297,6 +297,7 @@ def _mode_specs(model: ModelConfig, opts: GraphOptions, denoiser: GraphSpec) -> 
     """wfm / unet (CFG pairs, batch 2 x windows) and their conditional-only twins (batch windows),
     plus denoiser_cond: the fused denoiser's inputs, the same weights and tolerances."""
     latent = denoiser.inputs[0].shape[-1]
+    assert isinstance(latent, int), "the denoiser's latent side is static"
     out_ch = int(model.unet["out_channels"])
     specs = []
     for cond in (False, True):

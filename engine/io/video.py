@@ -452,13 +452,14 @@ class _AudioCopier:
         in_audio = source.streams.audio[0]
         # Audio is placed relative to the first video frame, which becomes t=0 in the output.
         start = Fraction(0)
-        if source.streams.video and source.streams.video[0].start_time is not None:
-            vs = source.streams.video[0]
+        vs = source.streams.video[0] if source.streams.video else None
+        if vs is not None and vs.start_time is not None and vs.time_base is not None:
             start = vs.start_time * Fraction(vs.time_base)
         if in_audio.codec_context.name == "aac" and in_audio.codec_context.extradata:
             out_audio = out.add_stream_from_template(in_audio)
 
             def remux_items() -> Iterator[tuple[Fraction, Any]]:
+                assert in_audio.time_base is not None
                 tb = Fraction(in_audio.time_base)
                 shift = round(start / tb)
                 for packet in source.demux(in_audio):

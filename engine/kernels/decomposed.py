@@ -124,13 +124,14 @@ def grid_sample3d_decomposed(
         zy = {(dz, dy): zy_rows(zs[dz][0], ys[dy][0]) for dz in (0, 1) for dy in (0, 1)}
         zy_ok = {(dz, dy): zs[dz][1] & ys[dy][1] for dz in (0, 1) for dy in (0, 1)}
         wxy = {(dy, dx): wx[dx] * wy[dy] for dy in (0, 1) for dx in (0, 1)}
-        out = None
+        acc: torch.Tensor | None = None
         # Tap order and weight products as ATen (tnw, tne, tsw, tse, bnw, ...): equal sums.
         for k in range(8):
             dx, dy, dz = k & 1, (k >> 1) & 1, (k >> 2) & 1
             x, mx = xs[dx]
             weight = (wxy[dy, dx] * wz[dz]).reshape(-1, 1).to(input.dtype)
             term = gather(zy[dz, dy] + x, zy_ok[dz, dy] & mx) * weight
-            out = term if out is None else out + term
-        assert out is not None
+            acc = term if acc is None else acc + term
+        assert acc is not None
+        out = acc
     return out.reshape(n, od, oh, ow, c).permute(0, 4, 1, 2, 3).contiguous()

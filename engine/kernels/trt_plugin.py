@@ -174,8 +174,10 @@ def register() -> None:
 
     @trtp.register(PLUGIN_ID)
     def _describe(
-        inp: trtp.TensorDesc, grid: trtp.TensorDesc, mode: str, padding_mode: str, align_corners: int
-    ) -> trtp.TensorDesc:
+        inp: trtp.TensorDesc,  # type: ignore[name-defined]  # tensorrt.plugin reads these hints at run time
+        grid: trtp.TensorDesc,  # type: ignore[name-defined]
+        mode: str, padding_mode: str, align_corners: int,
+    ) -> trtp.TensorDesc:  # type: ignore[name-defined]
         parse_attributes(mode, padding_mode, align_corners)  # reject bad attributes at build time
         se, ge = inp.shape_expr, grid.shape_expr
         return trtp.from_shape_expr((se[0], se[1], ge[1], ge[2], ge[3]), dtype=inp.dtype)

@@ -33,10 +33,12 @@ class HeadNet(nn.Module):
             if isinstance(module, nn.Conv2d) and module.weight.device.type != "meta":
                 fan_in = module.kernel_size[0] * module.kernel_size[1] * module.in_channels
                 nn.init.normal_(module.weight, mean=0.0, std=math.sqrt(2.0 / fan_in))
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
         if self.final_proj.weight.device.type != "meta":
             nn.init.zeros_(self.final_proj.weight)
-            nn.init.zeros_(self.final_proj.bias)
+            if self.final_proj.bias is not None:
+                nn.init.zeros_(self.final_proj.bias)
 
     @classmethod
     def from_state_dict(cls, state_dict: dict[str, torch.Tensor]) -> HeadNet:

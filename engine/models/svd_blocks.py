@@ -278,8 +278,21 @@ class SpatioTemporalUpBlock(nn.Module):
         return hidden_states
 
 
+class SVDDownPath(nn.Module):
+    """What the UNet and the WFM share, declared for the type checker: ``build_down_path`` (unet.py) and
+    ``add_condition_embeddings`` attach these modules; ``embed_conditions`` reads them."""
+
+    conv_in: nn.Conv2d
+    time_proj: nn.Module
+    time_embedding: nn.Module
+    add_time_proj: nn.Module
+    add_embedding: nn.Module
+    down_blocks: nn.ModuleList
+    mid_block: SpatioTemporalMidBlock
+
+
 def add_condition_embeddings(
-    model: nn.Module, base_channels: int, addition_time_embed_dim: int, projection_input_dim: int
+    model: SVDDownPath, base_channels: int, addition_time_embed_dim: int, projection_input_dim: int
 ) -> None:
     """Attach SVD's time and added-time-id embeddings (``time_embedding``, ``add_embedding``) to ``model``."""
     time_embed_dim = base_channels * 4
@@ -290,7 +303,7 @@ def add_condition_embeddings(
 
 
 def embed_conditions(
-    model: nn.Module,
+    model: SVDDownPath,
     sample: torch.Tensor,
     timestep: torch.Tensor | float,
     encoder_hidden_states: torch.Tensor,

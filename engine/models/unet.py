@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -19,6 +20,7 @@ from engine.models.svd_blocks import (
     SpatioTemporalDownBlock,
     SpatioTemporalMidBlock,
     SpatioTemporalUpBlock,
+    SVDDownPath,
     add_condition_embeddings,
     embed_conditions,
     per_block,
@@ -61,7 +63,7 @@ class SVDUNetConfig:
     def from_dict(cls, config: dict) -> SVDUNetConfig:
         """Accepts a diffusers config dict; unknown keys (``_class_name``, ...) are kept in ``extra``."""
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        known = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in names}
+        known: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in names}
         return cls(**known, extra={k: v for k, v in config.items() if k not in names})
 
     def to_dict(self) -> dict:
@@ -79,7 +81,7 @@ class SVDUNetConfig:
         return per_block(getattr(self, name), self.num_blocks)
 
 
-def build_down_path(model: nn.Module, config: SVDUNetConfig, full_attention: bool) -> None:
+def build_down_path(model: SVDDownPath, config: SVDUNetConfig, full_attention: bool) -> None:
     """conv_in, condition embeddings, down blocks and mid block - the part the UNet and the WFM share."""
     channels = list(config.block_out_channels)
     if len(config.down_block_types) != len(channels) or len(config.up_block_types) != len(channels):
@@ -114,7 +116,7 @@ def build_down_path(model: nn.Module, config: SVDUNetConfig, full_attention: boo
     )
 
 
-class SVDUNet(nn.Module):
+class SVDUNet(SVDDownPath):
     """SVD UNet: ``(sample [B,F,Cin,h,w], timestep, context [B,L,D], time ids [B,3]) -> [B,F,Cout,h,w]``.
 
     Residual injection (``residual_injection``):
@@ -216,7 +218,7 @@ class SVDUNet(nn.Module):
 
         # 4. up path, each block consuming its skips from the end
         for block in self.up_blocks:
-            count = len(block.resnets)
+            count = len(cast(SpatioTemporalUpBlock, block).resnets)
             block_skips, skips = skips[-count:], skips[:-count]
             sample = block(sample, block_skips, emb, context, indicator)
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from engine.models.ifm import InternalFeatureModulator
-from engine.models.svd_blocks import FullTemporalTransformer, embed_conditions
+from engine.models.svd_blocks import FullTemporalTransformer, SVDDownPath, embed_conditions
 from engine.models.time_context import SpatioTemporalTransformer, check_time_context, set_time_context
 from engine.models.unet import SVDUNet, SVDUNetConfig, build_down_path
 
@@ -27,7 +27,7 @@ def _conv1x1(channels: int) -> nn.Conv2d:
     return nn.Conv2d(channels, channels, kernel_size=1)
 
 
-class WarpingFeatureMapper(nn.Module):
+class WarpingFeatureMapper(SVDDownPath):
     """``(sample, timestep, context, added_time_ids, head_latents) -> (down_res x12, mid_res, infofill)``."""
 
     def __init__(

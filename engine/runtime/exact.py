@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -112,7 +113,7 @@ class ExactRun:
         device = self.stages.denoise.backend.device
         weight, guidance = weight.to(device), guidance.to(device)
         plan = iter(modes.eval_plan(s.sampler, schedule.sigmas, s.guidance_mode, s.wfm_every))
-        cache = {} if s.wfm_every > 1 or self.split else None  # WFM outputs per window group
+        cache: dict[Any, Any] | None = {} if s.wfm_every > 1 or self.split else None  # WFM outputs per window group
         progress = {"done": 0, "total": len(all_windows) * len(sampling.eval_sigmas(s.sampler, schedule.sigmas))}
 
         def model_fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

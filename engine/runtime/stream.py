@@ -208,7 +208,7 @@ class StreamRunner:
         z0 = torch.stack([self.known[window[p]] for p in known_pos]) if known_pos else None
         schedule = self.schedule
         plan = iter(self.plan_evals)
-        cache = {} if self.cfg.sampler.wfm_every > 1 else None  # this window's WFM outputs (reuse)
+        cache: dict | None = {} if self.cfg.sampler.wfm_every > 1 else None  # this window's WFM outputs (reuse)
 
         def model_fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             ev = next(plan)

@@ -168,10 +168,11 @@ async def job_events(job_id: str, request: Request) -> StreamingResponse:
             await asyncio.sleep(SSE_POLL)
             if await request.is_disconnected():
                 return
-            job = ctx.store.get(first.id)
-            if job is None or job.state == "deleting":
+            latest = ctx.store.get(first.id)
+            if latest is None or latest.state == "deleting":
                 yield _sse("deleted", {"id": first.id, "state": "deleted"})
                 return
+            job = latest
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

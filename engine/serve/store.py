@@ -8,6 +8,7 @@ reason; a job found ``deleting`` is finished off (files and row removed).
 
 from __future__ import annotations
 
+import builtins
 import json
 import shutil
 import sqlite3
@@ -176,9 +177,9 @@ class JobStore:
         with self._lock:
             self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
-    def recover(self, max_attempts: int) -> dict[str, list[str]]:
+    def recover(self, max_attempts: int) -> dict[str, builtins.list[str]]:
         """The restart rule (see the module docstring); -> ids per outcome."""
-        out: dict[str, list[str]] = {"requeued": [], "failed": [], "removed": []}
+        out: dict[str, builtins.list[str]] = {"requeued": [], "failed": [], "removed": []}
         with self._lock:
             rows = self._db.execute("SELECT id, state, attempts FROM jobs WHERE state IN ('running', 'deleting') "
                                     "ORDER BY seq").fetchall()

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -23,6 +25,7 @@ from engine.serve.errors import ApiError, invalid, too_large, unsupported
 
 TEXT_LIMIT = 1024  # bytes per plain form field
 GENERIC_TYPES = ("", "application/octet-stream")  # what curl and some clients send for any file
+T = TypeVar("T")
 
 
 @dataclass
@@ -51,10 +54,10 @@ class _Receiver:
         self.current: str | None = None
         self._headers: dict[str, bytes] = {}
         self._hname = self._hvalue = b""
-        self._handle = None
+        self._handle: BinaryIO | None = None
         self._text = bytearray()
 
-    def callbacks(self) -> dict:
+    def callbacks(self) -> Any:  # python_multipart's MultipartCallbacks (a TypedDict)
         return {"on_part_begin": self._begin, "on_header_field": self._hfield, "on_header_value": self._hval,
                 "on_header_end": self._hend, "on_headers_finished": self._headers_done,
                 "on_part_data": self._data, "on_part_end": self._end}
@@ -148,7 +151,7 @@ async def receive(request: Request, dest: Path, files: dict[str, tuple[str, ...]
     return receiver.out
 
 
-async def validate(check, path: Path, shown: str, field_name: str) -> object:
+async def validate(check: Callable[[Path], T], path: Path, shown: str, field_name: str) -> T:
     """Run one of ``engine.io``'s checks in a thread; its InputError becomes a 422 with the CLI's
     message, naming the client's file instead of the server's path."""
     try:

@@ -72,13 +72,14 @@ class JobWorker:
         clean_outputs(folder)
         options = JobOptions.from_json(job.options)
         names: dict[str, str] = job.options.get("names", {})
-        last_write = [0.0, ""]
+        last_write: list[tuple[float, str]] = [(0.0, "")]
 
         def progress(stage: str, done: int, total: int) -> None:
             self.live[job.id] = (stage, done, total)
             now = time.monotonic()
-            if stage != last_write[1] or now - last_write[0] > 1.0 or done == total:
-                last_write[:] = [now, stage]
+            last_time, last_stage = last_write[0]
+            if stage != last_stage or now - last_time > 1.0 or done == total:
+                last_write[0] = (now, stage)
                 self.store.update(job.id, stage=stage, done=done, total=total)
 
         control = RunControl(progress=progress)

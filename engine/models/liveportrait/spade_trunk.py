@@ -30,6 +30,8 @@ class SpectralNormConv2d(nn.Module):
         self.padding = padding
         self.weight_orig = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.weight_u: torch.Tensor
+        self.weight_v: torch.Tensor
         self.register_buffer("weight_u", torch.empty(out_channels))
         self.register_buffer("weight_v", torch.empty(in_channels * kernel_size * kernel_size))
         nn.init.kaiming_uniform_(self.weight_orig, a=5**0.5)
