@@ -185,8 +185,11 @@ def evaluate(args: Any) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]
     args.out.mkdir(parents=True, exist_ok=True)
     clips = render_missing(clips, args, args.out)
     ev = Evaluator(args)
-    rows, fid_sets, fvd_sets = [], {k: ([], []) for k in TABLE}, {k: ([], []) for k in TABLE}
+    rows: list[dict[str, Any]] = []
+    fid_sets: dict[str, tuple[list, list]] = {k: ([], []) for k in TABLE}
+    fvd_sets: dict[str, tuple[list, list]] = {k: ([], []) for k in TABLE}
     for clip in clips:
+        assert clip.result is not None  # render_missing rendered every clip without one
         result = read_video(clip.result, args.size, args.max_frames).frames
         driving = read_video(clip.driving, args.size, args.max_frames).frames
         source = load_image(clip.source, args.size)

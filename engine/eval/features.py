@@ -63,11 +63,12 @@ class LPIPS(nn.Module):
         for name, got, module, fix, path in (("AlexNet", convs, self.convs, fix_a, alexnet),
                                              ("LPIPS heads", lins, self.lins, fix_h, heads)):
             want = module.state_dict()
-            bad = [k for k, t in got.items() if t is None or tuple(t.shape) != tuple(want[k].shape)]
+            ok = {k: t for k, t in got.items() if t is not None and tuple(t.shape) == tuple(want[k].shape)}
+            bad = [k for k in got if k not in ok]
             if bad:
                 raise WeightsError(f"{name} file {path} lacks or mis-shapes {len(bad)} tensors "
                                    f"(first: {bad[0]}): {fix}")
-            module.load_state_dict({k: t.float() for k, t in got.items()})
+            module.load_state_dict({k: t.float() for k, t in ok.items()})
         self.eval().requires_grad_(False)
 
     def _features(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from engine.models.unet import SVDUNet
+from engine.models.wfm import WarpingFeatureMapper
+
 
 class Denoiser(nn.Module):
     """noise_pred = UNet(x, WFM residuals) + infofill, for a batch of windows with their CFG pairs.
@@ -13,7 +16,7 @@ class Denoiser(nn.Module):
     time-context handling treats every consecutive pair as one release-sized batch.
     """
 
-    def __init__(self, wfm: nn.Module, unet: nn.Module) -> None:
+    def __init__(self, wfm: WarpingFeatureMapper, unet: SVDUNet) -> None:
         super().__init__()
         self.wfm = wfm
         self.unet = unet

@@ -23,12 +23,16 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import torch
+from diffusers import AutoencoderKL
 from torch import nn
 
 from engine.diffusion.conditioning import CLIP_SIZE, resize_with_antialiasing
 from engine.graphs.modules import fit_trunk_to_latents
+from engine.models.head_net import HeadNet
 from engine.models.liveportrait.keypoints import absolute_motion, refine_kp_info, transform_keypoint
 from engine.models.liveportrait.motion_branch import MotionBranch, to_model_input
+from engine.models.unet import SVDUNet
+from engine.models.wfm import WarpingFeatureMapper
 
 # the release's train.py constants (not command-line options there either)
 TRAIN_FPS_ID = 6  # "fps" micro-condition, fixed
@@ -87,10 +91,10 @@ class TrainModules:
     """What one step touches. Trainable: ``wfm`` and ``head_net``; everything else is frozen."""
 
     motion: MotionBranch
-    head_net: nn.Module
-    wfm: nn.Module
-    unet: nn.Module
-    vae: nn.Module
+    head_net: HeadNet
+    wfm: WarpingFeatureMapper
+    unet: SVDUNet
+    vae: AutoencoderKL
     image_encoder: nn.Module
     clip_mean: list[float]
     clip_std: list[float]
@@ -122,7 +126,7 @@ def rand_log_normal(u: torch.Tensor, loc: float, scale: float) -> torch.Tensor:
     return torch.distributions.Normal(loc, scale).icdf(u).exp()
 
 
-def vae_sample(vae: nn.Module, images: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+def vae_sample(vae: AutoencoderKL, images: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """``vae.encode(images).latent_dist.sample()`` with the sample's noise injected: ``mean + std * eps``."""
     dist = vae.encode(images).latent_dist
     return dist.mean + dist.std * eps.to(dist.mean.dtype)
