@@ -32,9 +32,8 @@ import numpy as np
 import torch
 
 from engine.backends import BACKENDS, Backend, create_backend
-from engine.cli.args import SEED_MAX
 from engine.config import modes, presets
-from engine.config.settings import RunConfig, WindowConfig
+from engine.config.settings import SEED_MAX, RunConfig, WindowConfig
 from engine.errors import EngineError, InputError
 from engine.face.align import METHODS as ALIGN_METHODS
 from engine.face.align import CropTransform, PasteBack, crop_transform

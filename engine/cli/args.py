@@ -16,9 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
+from engine.config.settings import SEED_MAX
 from engine.errors import InputError
-
-SEED_MAX = 2**64 - 1  # torch.manual_seed takes at most 64 bits
 
 
 class Parser(argparse.ArgumentParser):

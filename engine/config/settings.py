@@ -18,6 +18,7 @@ from typing import Any
 MOTION_CHUNK = 16  # driving frames per warp call (LivePortrait's chunk): bounded memory
 DECODE_CHUNK = 8  # frames per VAE decoder call
 VAE_SCALE = 0.18215  # SD VAE scaling factor, when a VAE config does not carry its own
+SEED_MAX = 2**64 - 1  # torch.manual_seed takes at most 64 bits
 
 SVD_XT_SCHEDULER: dict[str, Any] = {
     "_class_name": "EulerDiscreteScheduler",
