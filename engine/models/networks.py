@@ -199,6 +199,14 @@ def load_preset(
         return model, sampler_cfg, load_official(Path(weights_dir), model, time_context)
     model = presets.from_name(preset)
     if weights_dir is not None:
+        trained = weights.trained_files(Path(weights_dir))
+        if trained is not None and not (Path(weights_dir) / "liveportrait").is_dir():
+            # a training checkpoint (engine.train): seeded networks, the trained WFM and HeadNet from the folder
+            nets = build_tiny(model, seed, time_context)
+            slots = nets.slots()
+            for name, path in trained.items():
+                weights.load_into(slots[name], weights.read_state_dict(path), path)
+            return model, SamplerConfig(), nets
         return model, SamplerConfig(), load_official(Path(weights_dir), model, time_context, manifests=False)
     return model, SamplerConfig(), build_tiny(model, seed, time_context)
 

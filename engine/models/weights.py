@@ -137,6 +137,24 @@ def locate(weights_dir: Path) -> dict[str, Path]:
     return found
 
 
+# What training writes (``engine.train``): the release's two trained files at a folder's root, as in its
+# ``checkpoint-<step>/``. For ``tiny`` such a folder overrides the seeded WFM and HeadNet.
+TRAINED = ("warping_feature_mapper", "head_embedder")
+
+
+def trained_files(folder: Path) -> dict[str, Path] | None:
+    """``{slot: path}`` when ``folder`` holds both trained files (``.pth`` or ``.safetensors``), else None."""
+    root = Path(folder)
+    found = {}
+    for name in TRAINED:
+        path = next((root / f"{name}{ext}" for ext in (".pth", ".safetensors") if (root / f"{name}{ext}").is_file()),
+                    None)
+        if path is None:
+            return None
+        found[name] = path
+    return found
+
+
 def read_json_config(weights_dir: Path, which: str) -> dict | None:
     path = Path(weights_dir) / CONFIG_FILES[which]
     if not path.is_file():
