@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +63,11 @@ def test_layout_two_processes_see_the_micro_batches_of_one_with_twice_the_accumu
 
 def test_resume_is_bit_identical_and_a_checkpoint_renders(tmp_path: Path) -> None:
     whole = train_loop(TrainConfig(data=CLIPS, out=tmp_path / "whole", steps=3, **SMALL))
-    part = train_loop(TrainConfig(data=CLIPS, out=tmp_path / "part", steps=2, **SMALL))
+    # interrupted after step 2 (what Ctrl-C / SIGTERM do: set the stop event), then resumed
+    stop = threading.Event()
+    part = train_loop(TrainConfig(data=CLIPS, out=tmp_path / "part", steps=3, **SMALL), stop,
+                      on_step=lambda done, _record: stop.set() if done == 2 else None)
+    assert part.stopped and part.checkpoint == tmp_path / "part" / "checkpoint-2"
     rest = train_loop(TrainConfig(data=CLIPS, out=tmp_path / "part", steps=3, **SMALL))
     assert rest.start_step == 2 and part.losses == {k: whole.losses[k] for k in (0, 1)}
     assert rest.losses == {2: whole.losses[2]}  # bit-identical, not approximately
@@ -139,3 +144,38 @@ def test_bad_inputs_are_one_error_line_and_leave_nothing(tmp_path: Path, capsys)
     assert code == 2 and "written for preset 'official'" in err
     assert sorted(p.name for p in wrong.parent.iterdir()) == ["checkpoint-5"]
     shutil.rmtree(tmp_path / "wrong")
+
+
+def test_two_processes_equal_one_with_twice_the_accumulation(tmp_path: Path) -> None:
+    """torchrun, 2 CPU processes (gloo), batch 1 each == 1 process accumulating 2 micro-batches."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    common = ["--data", str(CLIPS), "--size", "64", "--frames", "2", "--steps", "2", "--workers", "0",
+              "--lr", "1e-3", "--threads", "1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+         "--master-port", str(port), "-m", "engine.train", *common, "--out", str(tmp_path / "ddp")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp = [json.loads(line)["loss"] for line in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
+
+    torch.set_num_threads(1)
+    try:
+        one = train_loop(TrainConfig(data=CLIPS, out=tmp_path / "one", steps=2, accumulate=2,
+                                     **dict(SMALL, lr=1e-3)))
+    finally:
+        torch.set_num_threads(2)
+    assert len(ddp) == 2
+    np.testing.assert_allclose(ddp, [one.losses[0], one.losses[1]], rtol=1e-5)
+    a = torch.load(tmp_path / "ddp" / "checkpoint-2" / "warping_feature_mapper.pth", weights_only=True)
+    b = torch.load(tmp_path / "one" / "checkpoint-2" / "warping_feature_mapper.pth", weights_only=True)
+    worst = max(((a[k] - b[k]).abs().max() / b[k].abs().max().clamp_min(1e-12)).item() for k in a)
+    assert worst < 1e-4, worst
