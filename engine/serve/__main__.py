@@ -49,6 +49,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="steps when a request gives none (default: the release's 25)")
     p.add_argument("--max-attempts", type=positive_int, default=2,
                    help="runs of one job across server restarts before it is failed")
+    p.add_argument("--auth-timeout", type=finite_float(0, lo_open=True), default=5.0,
+                   help="seconds a WebSocket has to send its key when it has no Authorization header")
+    p.add_argument("--max-unauthenticated", type=positive_int, default=16,
+                   help="WebSockets open at once whose key is not yet checked")
+    p.add_argument("--header-timeout", type=finite_float(0, lo_open=True), default=10.0,
+                   help="seconds a connection has to send a request's headers")
+    p.add_argument("--source-ttl-hours", type=finite_float(0), default=24.0,
+                   help="an uploaded source unused this long is removed (0: never)")
+    p.add_argument("--max-sources", type=positive_int, default=100, help="uploaded sources kept at once")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     args = p.parse_args(argv)
     if args.preset == "official" and args.weights is None:
@@ -67,7 +76,9 @@ def config_from(args: argparse.Namespace) -> ServeConfig:
         max_frames=args.max_frames, max_pixels=args.max_pixels, max_queue=args.max_queue,
         max_streams=args.max_streams, stream_queue=args.stream_queue, idle_timeout=args.idle_timeout,
         max_steps=args.max_steps, default_steps=args.default_steps,
-        max_attempts=args.max_attempts)
+        max_attempts=args.max_attempts, auth_timeout=args.auth_timeout,
+        max_unauthenticated=args.max_unauthenticated, header_timeout=args.header_timeout,
+        source_ttl_hours=args.source_ttl_hours, max_sources=args.max_sources)
 
 
 def tune_process() -> None:
@@ -102,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from engine.serve.app import create_app
+    from engine.serve.protocols import protocols
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if config.api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -109,8 +121,9 @@ def main(argv: list[str] | None = None) -> int:
                                                   args.host)
     # a WebSocket message may carry an inline base64 source (4/3 of the upload limit)
     ws_max = max(16 * 2**20, config.max_upload_bytes * 4 // 3) + 4096
+    http, ws = protocols(config.header_timeout)  # header-read timeout; small messages until authenticated
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_level=args.log_level, ws_max_size=ws_max,
-                timeout_graceful_shutdown=5, ws="auto")
+                timeout_graceful_shutdown=5, http=http, ws=ws)
     return 0
 
 

@@ -28,6 +28,11 @@ class ServeConfig:
     max_attempts: int = 2  # runs of one job across restarts before it is failed (crash-loop guard)
     max_steps: int = 100  # denoising steps one request may ask for (a guard against hogging the worker)
     default_steps: int | None = None  # RunOptions.steps when a client gives none (None: the release's)
+    auth_timeout: float = 5.0  # seconds an unauthenticated WebSocket has to send its key
+    max_unauthenticated: int = 16  # WebSockets open at once whose key is not yet checked
+    header_timeout: float = 10.0  # seconds a connection has to deliver a request's headers
+    source_ttl_hours: float = 24.0  # an uploaded source unused this long is removed (0: never)
+    max_sources: int = 100  # uploaded sources kept at once (more: 429 until one is deleted or expires)
 
     @property
     def max_upload_bytes(self) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import time
 import uuid
@@ -18,7 +19,7 @@ from PIL import Image
 from engine.io import iter_video_frames, load_image, probe_video
 from engine.serve import auth, uploads
 from engine.serve.context import Context
-from engine.serve.errors import ApiError, busy, invalid, not_found, too_large
+from engine.serve.errors import ApiError, busy, invalid, not_found, too_large, unsupported
 from engine.serve.options import JOB_FIELDS, parse
 from engine.serve.store import TERMINAL, Job, parse_id
 from engine.serve.worker import RESULT
@@ -26,6 +27,29 @@ from engine.serve.worker import RESULT
 router = APIRouter(prefix="/v1", dependencies=[Depends(auth.require)])
 SSE_POLL = 0.25  # seconds between looks at a job's state
 SSE_KEEPALIVE = 15.0
+_RANGE_SPEC = re.compile(r"^(\d+)-(\d*)$|^-(\d+)$")
+STILL_IMAGE_FORMATS = ("image2", "apng")  # plus every "*_pipe" demuxer (png_pipe, jpeg_pipe, webp_pipe, ...)
+
+
+class ResultFile(FileResponse):
+    """A result download. A syntactically invalid ``Range`` (``bytes=100-50``, ``bytes=abc``,
+    ``items=0-5``) is ignored and the whole file sent (RFC 9110 14.2); starlette answers 400."""
+
+    @classmethod
+    def _parse_range_header(cls, http_range: str, file_size: int) -> list[tuple[int, int]]:
+        units, _, specs = http_range.partition("=")
+        if units.strip().lower() != "bytes" or not _valid_specs(specs):
+            return []  # no ranges: the whole file, 200
+        return super()._parse_range_header(http_range, file_size)
+
+
+def _valid_specs(specs: str) -> bool:
+    parts = [p.strip() for p in specs.split(",")]
+    for part in parts:
+        m = _RANGE_SPEC.match(part) if part.isascii() else None
+        if m is None or (m.group(2) and int(m.group(2)) < int(m.group(1))):
+            return False
+    return bool(parts)
 
 
 def ctx_of(request: Request) -> Context:
@@ -41,12 +65,29 @@ def check_source(path: Path, size: int, max_pixels: int) -> None:
     try:
         with Image.open(path) as img:  # the header only: refuse a huge image before decoding it
             w, h = img.size
+    except Image.DecompressionBombError as err:  # over Pillow's own limit (2 x 89.5 Mpx): too large, not bad
+        raise too_large("source", f"the source image is too large ({err})", "downscale it (e.g. to 1024x1024)"
+                        ) from None
     except Exception:  # noqa: BLE001 - not an image: load_image below says so in the CLI's words
         w = h = 0
     if w * h > max_pixels:
         raise too_large("source", f"the source image is {w}x{h}, over this server's {max_pixels:,} pixel limit",
                         "downscale it (e.g. to 1024x1024)")
     load_image(path, size)
+
+
+def check_is_video(path: Path) -> None:
+    """A still image (PNG, JPEG, ...) is not a driving video: FFmpeg would read it as one frame."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            name = container.format.name
+    except Exception:  # noqa: BLE001 - not readable at all: probe_video says so in the CLI's words
+        return
+    if any(n in STILL_IMAGE_FORMATS or n.endswith("_pipe") for n in name.split(",")):
+        raise unsupported("driving", f"the driving file is a still image ({name.split(',')[0].removesuffix('_pipe')}"
+                          "), not a video", "send a video clip (MP4, WebM, MOV, ...): a still image has no motion")
 
 
 def _count_frames(path: Path, limit: int) -> int:
@@ -96,6 +137,7 @@ async def submit(request: Request) -> JSONResponse:
 async def _validate(up: uploads.Upload, max_pixels: int, max_frames: int, asked: int | None, size: int) -> None:
     src, drv = up.files["source"], up.files["driving"]
     await uploads.validate(lambda p: check_source(p, size, max_pixels), src, up.names["source"], "source")
+    await uploads.validate(check_is_video, drv, up.names["driving"], "driving")
     info = await uploads.validate(probe_video, drv, up.names["driving"], "driving")
     if info.width * info.height > max_pixels:
         raise too_large("driving", f"the driving video is {info.width}x{info.height}, over this server's "
@@ -191,7 +233,7 @@ async def job_result(job_id: str, request: Request) -> FileResponse:
         raise ApiError(409, "state", f"the job is {job.state}, it has no result",
                        "wait for its 'done' event (GET /v1/jobs/{id}/events)" if job.state in ("queued", "running")
                        else "see its error; resubmit it")
-    return FileResponse(path, media_type="video/mp4", filename=f"{job.id}.mp4")
+    return ResultFile(path, media_type="video/mp4", filename=f"{job.id}.mp4")
 
 
 @router.delete("/jobs/{job_id}")

@@ -20,6 +20,7 @@ _INTS = {"steps", "seed", "size", "max_frames"}
 _FLOATS = {"guidance"}
 _BOOLS = {"side_by_side", "absolute_motion"}
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
+GUIDANCE_RANGE = (0.0, 20.0)  # classifier-free guidance scales a client may ask for (the release uses 1-3)
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class JobOptions:
 def _convert(name: str, value: Any) -> Any:
     text = str(value).strip()
     try:
+        if (name in _INTS or name in _FLOATS) and not text.isascii():  # int("٣") and float("１.５") parse
+            raise ValueError
         if name in _INTS:
             if isinstance(value, float) or isinstance(value, bool):
                 raise ValueError
@@ -47,6 +50,9 @@ def _convert(name: str, value: Any) -> Any:
             number = float(text)
             if not math.isfinite(number):
                 raise invalid(name, f"{name} must be a finite number, got {text!r}")
+            lo, hi = GUIDANCE_RANGE
+            if not lo <= number <= hi:
+                raise invalid(name, f"{name} must be between {lo:g} and {hi:g}, got {text!r}")
             return number
         if name in _BOOLS:
             if isinstance(value, bool):

@@ -30,6 +30,7 @@ OUT_HEADER = struct.Struct("<4sIdf")  # magic, frame index, capture timestamp ec
 CLOSE_CODES = {
     1000: "done: every frame was sent after the client's end message",
     1012: "the server is stopping or restarting (sent by uvicorn)",
+    1009: "a message over the limit (1 MiB until the key is checked: see engine.serve.admission)",
     1011: "internal server error",
     1013: "the server is starting: its engines are not loaded yet, retry shortly",
     4400: "bad message: the first message must be the JSON start message; later text only end or stats",

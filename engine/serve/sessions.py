@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engine.serve.admission import Gate
+
 
 @dataclass
 class Stats:
@@ -34,6 +36,7 @@ class Stats:
 class Sessions:
     """The open sessions of one server (for stats and tests)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_unauthenticated: int = 16) -> None:
         self.active: dict[str, Stats] = {}
         self.total = 0
+        self.gate = Gate(max_unauthenticated)  # sockets not yet authenticated (see admission)

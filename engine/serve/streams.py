@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import logging
 import shutil
 import threading
@@ -28,14 +27,14 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from engine.api import Reenactor, RunControl, RunOptions
 from engine.errors import EngineError
 from engine.runtime import Cancelled
-from engine.serve import auth
+from engine.serve.admission import Refused, admit, message_type, parse_json
 from engine.serve.context import Context
 from engine.serve.errors import ApiError
 from engine.serve.inbox import POLICIES, Inbox, Item
 from engine.serve.options import RUN_FIELDS, parse
 from engine.serve.protocol import close_reason, image_kind, pack_out, unpack_in
 from engine.serve.sessions import Stats
-from engine.serve.sources import inline_source, source_path
+from engine.serve.sources import inline_source, source_path, touch
 
 log = logging.getLogger("engine.serve")
 router = APIRouter()
@@ -184,8 +183,8 @@ class Session:
                     m.frames_dropped.inc(dropped)
             else:
                 try:
-                    kind = json.loads(msg.get("text") or "").get("type")
-                except (ValueError, AttributeError):
+                    kind = message_type(parse_json(msg.get("text")))
+                except ValueError:  # malformed JSON of any shape (deeply nested too): 4400 below
                     kind = None
                 if kind == "end":
                     self.ended = True
@@ -273,19 +272,10 @@ class Session:
 async def _start(ws: WebSocket, ctx: Context) -> tuple[Path, RunOptions, str, Path | None]:
     """Read and check the start message -> (source file, options, queue policy, temporary folder)."""
     cfg = ctx.config
-    try:
-        msg = await asyncio.wait_for(ws.receive(), cfg.idle_timeout)
-    except asyncio.TimeoutError:
-        raise Close(4408, "no start message (idle timeout)") from None
-    if msg["type"] == "websocket.disconnect":
-        raise WebSocketDisconnect(msg.get("code", 1000))
-    try:
-        start = json.loads(msg.get("text") or "")
-        assert isinstance(start, dict) and start.get("type", "start") == "start"
-    except (ValueError, AssertionError):
-        raise Close(4400, "the first message must be the JSON start message (see /docs or docs/serving.md)") from None
-    if not auth.token_ok(cfg.api_key, auth.bearer(ws) or start.get("token")):
-        raise Close(4401, "missing or wrong API key", "token")
+    try:  # the key is checked before anything large is read (see admission)
+        start = await admit(ws, ctx.sessions.gate, cfg.api_key, cfg.auth_timeout, cfg.idle_timeout)
+    except Refused as err:
+        raise Close(err.code, err.reason, err.field) from None
     if not ctx.engines.ready.is_set():
         raise Close(1013, "the server is still loading its engines; retry shortly")
     policy = start.get("queue", "drop_oldest")
@@ -301,6 +291,7 @@ async def _start(ws: WebSocket, ctx: Context) -> tuple[Path, RunOptions, str, Pa
             path = source_path(cfg, source["id"])
             if path is None:
                 raise Close(4404, "no uploaded source with that id (POST /v1/sources first)", "source.id")
+            touch(path)
             return path, options, policy, None
         if isinstance(source, dict) and isinstance(source.get("data"), str):
             tmp = cfg.tmp_dir / str(uuid.uuid4())
@@ -313,6 +304,8 @@ async def _start(ws: WebSocket, ctx: Context) -> tuple[Path, RunOptions, str, Pa
     except ApiError as err:
         code = {413: 4413, 415: 4415}.get(err.status, 4422)
         raise Close(code, f"{err.field}: {err.message}", err.field) from None
+    except RecursionError:  # an option nested too deeply to be shown
+        raise Close(4422, "options: a value is nested too deeply", "options") from None
 
 
 def _rmtree(path: Path | None) -> None:
@@ -323,7 +316,6 @@ def _rmtree(path: Path | None) -> None:
 @router.websocket("/v1/stream")
 async def stream_endpoint(ws: WebSocket) -> None:
     ctx: Context = ws.app.state.ctx
-    await ws.accept()
     code, reason, field_name = 1000, "done", ""
     engine, tmp, session = None, None, None
     try:

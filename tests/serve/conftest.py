@@ -12,7 +12,7 @@ from serve_support import Server
 # limits small enough that the tests can reach each of them with the bundled media
 MAIN_ARGS = ["--size", "64", "--default-steps", "1", "--max-upload-mb", "1", "--max-frames", "20",
              "--max-pixels", "600000", "--max-queue", "4", "--max-streams", "4", "--stream-queue", "4",
-             "--idle-timeout", "6"]
+             "--idle-timeout", "6", "--header-timeout", "2"]
 
 
 @pytest.fixture(scope="session")

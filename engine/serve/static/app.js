@@ -57,17 +57,23 @@ async function startLive() {
   }
   $("camera").srcObject = camera;
   ending = false;
+  const token = $("key").value.trim() || undefined;
   const start = {
     type: "start",
-    token: $("key").value.trim() || undefined,
     source: { data: await fileToBase64(file) },
     options: { steps: Number($("live-steps").value) || 1 },
     queue: "drop_oldest",
   };
   ws = new WebSocket(wsUrl("/v1/stream"));
   ws.binaryType = "arraybuffer";
-  ws.onopen = () => ws.send(JSON.stringify(start));
-  ws.onmessage = (ev) => (typeof ev.data === "string" ? onControl(JSON.parse(ev.data)) : onFrame(ev.data));
+  // with a key, authenticate with a small message first: until then the server takes only small messages
+  ws.onopen = () => ws.send(JSON.stringify(token ? { type: "auth", token } : start));
+  ws.onmessage = (ev) => {
+    if (typeof ev.data !== "string") return onFrame(ev.data);
+    const msg = JSON.parse(ev.data);
+    if (msg.type === "authenticated") ws.send(JSON.stringify(start));
+    else onControl(msg);
+  };
   ws.onclose = (ev) => {
     stopCapture();
     frvd.state = "closed";
