@@ -1,10 +1,11 @@
 """uvicorn's HTTP and WebSocket protocols with two guards uvicorn lacks (passed as classes to
 ``uvicorn.run(http=..., ws=...)``):
 
-- ``HeaderTimeoutHttp``: a connection must deliver a request's complete header block within
-  ``header_timeout`` seconds of opening (or of its previous response), else it is closed. uvicorn's
-  keep-alive timer is cancelled by any byte, so a client trickling one header byte a second held a
-  connection forever (200 of them were held in the probe).
+- ``HeaderTimeoutHttp``: a request's complete header block must arrive within ``header_timeout``
+  seconds of the connection opening (a fresh connection) or of the request's first byte (a kept-alive
+  one; an idle kept-alive connection is closed by uvicorn's own keep-alive timer), else the
+  connection is closed. uvicorn's keep-alive timer is cancelled by any byte, so a client trickling
+  one header byte a second held a connection forever (200 of them were held in the probe).
 - ``GuardedWebSocket``: until the application raises it (``admission``: once the key is checked),
   a message may be at most ``admission.PREAUTH_MAX_BYTES``; the parser refuses a larger one as its
   frame header arrives (close 1009), so an unauthenticated client cannot make the server buffer a
@@ -31,8 +32,8 @@ class HeaderTimeoutHttp(HttpToolsProtocol):
         self._arm()
 
     def _arm(self) -> None:
-        self._disarm()
-        self._header_timer = self.loop.call_later(self.header_timeout, self._headers_late)
+        if getattr(self, "_header_timer", None) is None:  # an armed deadline is kept, not extended
+            self._header_timer = self.loop.call_later(self.header_timeout, self._headers_late)
 
     def _disarm(self) -> None:
         if getattr(self, "_header_timer", None) is not None:
@@ -44,14 +45,13 @@ class HeaderTimeoutHttp(HttpToolsProtocol):
         if not self.transport.is_closing():
             self.transport.close()
 
+    def on_message_begin(self) -> None:
+        self._arm()
+        super().on_message_begin()
+
     def on_headers_complete(self) -> None:
         self._disarm()
         super().on_headers_complete()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self.transport.is_closing() and not self.pipeline:
-            self._arm()  # the next request's headers are due within the same time
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
