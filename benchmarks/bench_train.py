@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -31,15 +34,20 @@ def main() -> None:
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workers", type=int, default=1, help="DataLoader processes (0: decode in this process)")
     p.add_argument("--data", type=Path, default=REPO / "engine" / "assets")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="frvd-bench-train-") as run:
         cfg = TrainConfig(data=args.data, out=Path(run), preset="tiny", size=args.size, frames=args.frames,
-                          steps=args.steps, lr=args.lr, workers=1, checkpoint_every=args.steps, log_every=10)
+                          steps=args.steps, lr=args.lr, workers=args.workers, checkpoint_every=args.steps,
+                          log_every=1)
+        stop = threading.Event()  # SIGTERM / Ctrl-C: stop after the current step and report what ran
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
         t0 = time.perf_counter()
-        result = train_loop(cfg)
+        result = train_loop(cfg, stop)
         wall = time.perf_counter() - t0
         log = [json.loads(line) for line in (Path(run) / "log.jsonl").read_text().splitlines()]
     rss_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -51,8 +59,11 @@ def main() -> None:
     report = {
         "what": "tiny preset, fresh start (WFM from the UNet), bundled clips, CPU float32, batch 1, AdamW",
         "config": {"steps": args.steps, "frames": args.frames, "size": args.size, "lr": args.lr,
-                   "threads": args.threads, "data": str(args.data.relative_to(REPO))},
-        "machine": {"cpu": platform.processor() or platform.machine(), "note": "2 cores shared with other jobs"},
+                   "threads": args.threads, "workers": args.workers, "data": str(args.data.relative_to(REPO))},
+        "machine": {"cpu": platform.processor() or platform.machine(), "note": "2 cores shared with other jobs",
+                    "load_average_at_end": list(os.getloadavg())},
+        "steps_run": len(result.losses),
+        "stopped_early": result.stopped,
         "wall_s": wall,
         "samples_per_s": result.samples_per_s,
         "peak_rss_mib": {"main": rss_self, "largest_dataloader_worker": rss_children},

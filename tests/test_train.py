@@ -179,3 +179,45 @@ def test_two_processes_equal_one_with_twice_the_accumulation(tmp_path: Path) -> 
     b = torch.load(tmp_path / "one" / "checkpoint-2" / "warping_feature_mapper.pth", weights_only=True)
     worst = max(((a[k] - b[k]).abs().max() / b[k].abs().max().clamp_min(1e-12)).item() for k in a)
     assert worst < 1e-4, worst
+
+
+def test_gradient_checkpointing_gives_the_same_gradients() -> None:
+    from engine.train.modules import from_networks
+    from engine.train.setup import enable_gradient_checkpointing
+    from engine.train.step import Draws, set_batch_layout, train_step
+
+    model, nets = build("tiny", None, "fresh", seed=0)
+    modules = from_networks(nets, model)
+    modules.prepare_for_training()
+    set_batch_layout(modules, 1)
+    gen = torch.Generator().manual_seed(1)
+    vid = torch.rand((1, 2, 3, 64, 64), generator=gen) * 2 - 1
+    draws = Draws.sample(1, 2, 64, generator=gen)
+    draws.random_p.fill_(0.5)  # nothing dropped
+
+    def grads() -> tuple[float, dict[str, torch.Tensor]]:
+        for p in modules.wfm.parameters():
+            p.grad = None
+        loss = train_step(modules, vid, vid[:, :1], draws).loss
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in modules.wfm.named_parameters() if p.grad is not None}
+
+    plain_loss, plain = grads()
+    assert enable_gradient_checkpointing(modules.wfm) == 5 and enable_gradient_checkpointing(modules.unet) == 9
+    ckpt_loss, checkpointed = grads()
+    assert ckpt_loss == plain_loss and plain.keys() == checkpointed.keys()
+    for name, g in plain.items():
+        assert torch.allclose(checkpointed[name], g, rtol=1e-4, atol=1e-6 * float(g.abs().max()) + 1e-12), name
+
+
+def test_8bit_adam_without_bitsandbytes_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("torch")
+    try:
+        import bitsandbytes  # noqa: F401
+        pytest.skip("bitsandbytes is installed here")
+    except ImportError:
+        pass
+    out = tmp_path / "run"
+    code, err = _cli(["--data", str(CLIPS), "--out", str(out), "--steps", "1", "--optimizer", "adamw8bit",
+                      "--workers", "0", "--size", "64"], capsys)
+    assert code == 2 and "bitsandbytes" in err and err.count("error:") == 1 and not out.exists()

@@ -12,6 +12,7 @@ checkpoint; the losses continue bit-identically (data and draws are functions of
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import math
 import sys
@@ -80,6 +81,8 @@ class TrainConfig:
             raise InputError(f"--precision must be one of {PRECISIONS}")
         if not math.isfinite(self.lr) or self.lr <= 0:
             raise InputError(f"--lr must be a positive number, got {self.lr}")
+        if self.optimizer == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
+            setup.make_optimizer([], "adamw8bit", self.lr)  # raises the one clear message, before any work
 
 
 @dataclass
