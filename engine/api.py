@@ -25,12 +25,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import cv2
 import numpy as np
 import torch
 
+from engine import optional
 from engine.backends import BACKENDS, Backend, create_backend
 from engine.config import modes, presets
 from engine.config.settings import SEED_MAX, RunConfig, WindowConfig
@@ -45,6 +45,11 @@ from engine.runtime import ExactRun, Noise, RunControl, StageTimer, StreamFrame,
 from engine.runtime.control import prefetch
 from engine.runtime.stages import SourceFeatures, Stages
 from engine.runtime.stream import StreamError
+
+if TYPE_CHECKING:
+    import cv2
+else:
+    cv2 = optional.lazy("cv2", "resizing the driving frames beside the result")
 
 SOURCE_CACHE = 8  # source images whose features are kept per engine
 DTYPES = ("float32", "float16", "bfloat16")
@@ -63,6 +68,7 @@ class EngineOptions:
     window_batch: int = 1  # windows (each with its CFG pair) per denoiser call
     init_seed: int = 0  # seeded weights of presets without a checkpoint (tiny)
     tf32: bool = False  # float32 matmuls/convolutions on TF32 tensor cores (CUDA; process-wide torch flags)
+    vae_fp32: bool = False  # float16/bfloat16 runs: keep the VAE in float32 (SVD's force_upcast; torch backend)
 
     def check(self) -> None:
         if self.size is not None and (self.size < 64 or self.size % 64):
@@ -75,6 +81,9 @@ class EngineOptions:
             raise InputError(f"backend {self.backend} needs engines=DIR (built with python -m engine.build)")
         if self.window_batch < 1:
             raise InputError("window_batch must be >= 1")
+        if self.vae_fp32 and self.backend != "torch":
+            raise InputError("vae_fp32 keeps the torch VAE in float32: it applies to the torch backend only "
+                             "(exported fp16 VAE graphs already run their normalisations in float32)")
 
 
 @dataclass(frozen=True)
@@ -159,11 +168,13 @@ class Reenactor:
         weights_dir = Path(weights) if weights is not None else None
         if preset == "official" and weights_dir is None:
             raise InputError("the official preset needs weights=DIR (the release's pretrained_weights/ folder)")
-        if opts.tf32 and torch.device(opts.device).type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        if torch.device(opts.device).type == "cuda":
+            set_tf32(opts.tf32)
         if opts.backend == "torch":
             model, sampler, nets = networks.load_preset(preset, weights_dir, opts.init_seed, opts.time_context)
             nets.to(opts.device, getattr(torch, opts.dtype))
+            if opts.vae_fp32:
+                nets.vae.to(torch.float32)  # the torch backend casts its inputs to the module's dtype
         else:
             model, sampler = networks.preset_configs(preset, weights_dir)
             nets = None
@@ -434,6 +445,13 @@ class ReenactStream:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def set_tf32(enabled: bool) -> None:
+    """Both TF32 switches, either way: cuDNN convolutions default to TF32 even for float32 tensors, so a
+    float32 CUDA run must turn them off explicitly to be float32 (process-wide torch flags)."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
 
 
 def _with_mode(options: RunOptions | None, mode: str | None) -> RunOptions:

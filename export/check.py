@@ -89,11 +89,15 @@ def worst(errors: dict[str, dict[str, float]]) -> float:
 
 
 # Part of the fp16 artifact's cache key: a change to what stays fp32 rebuilds the fp16 graphs.
-FP16_CONVERTER = "ort-float16/keep-sinusoids-fp32/v1"
+FP16_CONVERTER = "ort-float16/keep-sinusoids-and-norms-fp32/v2"
 # Modules whose nodes stay float32: the sinusoidal embeddings (diffusers' Timesteps: token
 # positions up to 57,344 and their sin/cos tables are not representable in fp16 - positions above
 # 2,048 collide, the tiny preset's [3584, 16] table has only 2,817 distinct fp16 values).
 FP32_MODULES = ("diffusers.models.embeddings.Timesteps",)
+# Normalisations stay float32 too (their inputs are cast up, their outputs down): a GroupNorm's variance
+# over 32 x h x w values or a LayerNorm's over the channels overflows / loses its digits in fp16 on
+# activations of a few hundred. TensorRT 11 (strongly typed) would otherwise run them in fp16.
+FP32_OPS = ("InstanceNormalization", "GroupNormalization", "LayerNormalization")
 
 
 def fp32_nodes(model: onnx.ModelProto) -> list[str]:
@@ -106,7 +110,7 @@ def fp32_nodes(model: onnx.ModelProto) -> list[str]:
     seeds = [n for n in graph.node if n.op_type in ("Sin", "Cos") or any(
         p.key == "pkg.torch.onnx.class_hierarchy" and any(m in p.value for m in FP32_MODULES)
         for p in n.metadata_props)]
-    keep: dict[str, onnx.NodeProto] = {}
+    keep: dict[str, onnx.NodeProto] = {n.name: n for n in graph.node if n.op_type in FP32_OPS}  # themselves only
     stack = list(seeds)
     while stack:
         node = stack.pop()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.backends.base import Backend, BackendError
-from engine.graphs.modules import GRAPH_NAMES
+from engine.graphs.modules import ALL_GRAPH_NAMES
 from export import check
 from export.sources import load_source
 
@@ -38,7 +38,7 @@ def built_graphs(engines: Path, backend: str) -> list[str]:
     """Graphs with at least one artifact of the backend's kind in ``engines``, in pipeline order."""
     prefix = KIND_PREFIX[backend]
     root = Path(engines)
-    return [g for g in GRAPH_NAMES if (root / g).is_dir()
+    return [g for g in ALL_GRAPH_NAMES if (root / g).is_dir()
             and any(p.name.startswith(prefix) and (p / "meta.json").exists() for p in (root / g).iterdir())]
 
 

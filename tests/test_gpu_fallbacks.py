@@ -98,10 +98,12 @@ def test_plugin_accepts_nul_terminated_attributes(mode: object) -> None:
 
 
 class _FakeLib:
-    """ctypes-like library whose CUDA probe reports a runtime newer than the driver."""
+    """ctypes-like library whose CUDA probe answers as grid_sample3d_cuda.cu's ``cuda_check`` would for the
+    given versions (only an older driver MAJOR is refused by version) and probe-launch error."""
 
-    def __init__(self, runtime: int, driver: int, devices: int) -> None:
+    def __init__(self, runtime: int, driver: int, devices: int, launch_error: int = 0) -> None:
         self.values = (runtime, driver, devices)
+        self.launch_error = launch_error
 
     def frvd_kernels_has_cuda(self) -> int:
         return 1
@@ -109,8 +111,10 @@ class _FakeLib:
     def frvd_cuda_check(self, runtime, driver, devices) -> int:  # noqa: ANN001 - ctypes byrefs
         for ref, value in zip((runtime, driver, devices), self.values):
             ctypes.cast(ref, ctypes.POINTER(ctypes.c_int))[0] = value
-        ok = self.values[2] > 0 and self.values[1] >= self.values[0]
-        return 0 if ok else ops.FRVD_ERR_CUDA
+        ok = self.values[2] > 0 and self.values[1] // 1000 >= self.values[0] // 1000
+        if not ok:
+            return ops.FRVD_ERR_CUDA
+        return ops.CUDA_PROBE_BASE + self.launch_error if self.launch_error else 0
 
 
 @pytest.fixture()
@@ -131,6 +135,19 @@ def test_probe_names_a_too_old_driver(fake_library) -> None:
     fake_library(_FakeLib(runtime=13000, driver=12040, devices=1))
     problem = ops.cuda_kernel_problem()
     assert problem is not None and "CUDA 13.0" in problem and "12.4" in problem and "580" in problem
+
+
+def test_probe_accepts_an_older_minor_of_the_same_major(fake_library) -> None:
+    """CUDA minor-version compatibility: a 12.8-built library runs on a 550 driver (CUDA 12.4)."""
+    fake_library(_FakeLib(runtime=12080, driver=12040, devices=1))
+    assert ops.cuda_kernel_problem() is None
+
+
+@pytest.mark.parametrize(("error", "words"), [(209, "no machine code for this GPU"), (222, "PTX is newer")])
+def test_a_failed_probe_launch_is_named(fake_library, error: int, words: str) -> None:
+    fake_library(_FakeLib(runtime=12080, driver=12040, devices=1, launch_error=error))
+    problem = ops.cuda_kernel_problem() or ""
+    assert f"cudaError {error}" in problem and words in problem
 
 
 def test_probe_accepts_a_recent_driver(fake_library) -> None:

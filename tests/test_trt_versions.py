@@ -27,15 +27,17 @@ class _Flag:
         return self.value
 
 
-def fake_trt(major: int, cache_ok: tuple[bool, ...] = (True,)) -> types.ModuleType:
-    """A tensorrt stand-in: 10.x has BuilderFlag.FP16, 11.x does not (the real removal)."""
+def fake_trt(major: int, cache_ok: tuple[bool, ...] = (True,), typed_flag: bool = True) -> types.ModuleType:
+    """A tensorrt stand-in: 10.x has BuilderFlag.FP16, 11.x does not (the real removal); ``typed_flag``
+    False: no NetworkDefinitionCreationFlag.STRONGLY_TYPED (a TensorRT older than 9.1)."""
     trt = types.ModuleType("tensorrt")
     trt.__version__ = f"{major}.3.0.1"
     flags = {"TF32": _Flag("TF32", 7)}
     if major < 11:
         flags["FP16"] = _Flag("FP16", 0)
     trt.BuilderFlag = types.SimpleNamespace(**flags)
-    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=_Flag("STRONGLY_TYPED", 1))
+    typed = {"STRONGLY_TYPED": _Flag("STRONGLY_TYPED", 1)} if typed_flag else {}
+    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(**typed)
     trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE=0)
     calls: dict[str, list] = {"network_flags": [], "set_flag": [], "set_timing_cache": [], "parsed": []}
     answers = list(cache_ok)
@@ -98,17 +100,18 @@ def specs():
     return build_specs(presets.tiny(), GraphOptions(image_size=128, grid_sample="decomposed"))
 
 
-@pytest.mark.parametrize("major", [10, 11])
-def test_version_selects_typing_flags_and_onnx_source(major: int, specs) -> None:
-    trt = fake_trt(major)
+@pytest.mark.parametrize(("major", "typed_flag"), [(10, True), (11, True), (10, False)])
+def test_version_selects_typing_flags_and_onnx_source(major: int, typed_flag: bool, specs) -> None:
+    trt = fake_trt(major, typed_flag=typed_flag)
     denoiser, warp = specs["denoiser"], specs["warp"]
     assert trt_runtime.tensorrt_major(trt) == major
-    assert trt_runtime.strongly_typed(trt) is (major >= 11)
-    if major == 10:  # weakly typed: the fp32 graph, lowered under the FP16 flag
+    typed = typed_flag or major >= 11
+    assert trt_runtime.strongly_typed(trt) is typed
+    if not typed:  # weakly typed (no STRONGLY_TYPED flag): the fp32 graph, lowered under the FP16 flag
         assert trt_runtime.builder_flags(trt, denoiser, "fp16") == [trt.BuilderFlag.FP16]
         assert trt_runtime.network_flags(trt) == 0
         assert trt_runtime.onnx_kind_for_engine(trt, denoiser, "fp16") == "onnx-fp32"
-    else:  # strongly typed: no precision flag; the fp16 graph's types decide
+    else:  # strongly typed on 10 and 11: no precision flag; the fp16 graph's types (fp32 islands) decide
         assert trt_runtime.builder_flags(trt, denoiser, "fp16") == []
         assert trt_runtime.network_flags(trt) == 1 << 1
         assert trt_runtime.onnx_kind_for_engine(trt, denoiser, "fp16") == "onnx-fp16"
@@ -127,11 +130,10 @@ def test_build_engine_runs_against_each_api(major: int, specs, tmp_path: Path,
     facts = trt_build.build_engine(onnx_path, specs["denoiser"], "fp16", tmp_path / "model.plan", tmp_path)
     assert (tmp_path / "model.plan").read_bytes() == b"plan"
     assert (tmp_path / trt_build.TIMING_CACHE).read_bytes() == b"cache"
-    assert facts["strongly_typed"] is (major >= 11)
-    assert trt.calls["set_flag"] == (["FP16"] if major == 10 else [])
-    assert trt.calls["network_flags"] == [0 if major == 10 else 2]
-    assert trt_build.key_inputs(specs["denoiser"], "k", "fp16")["onnx_kind"] == (
-        "onnx-fp32" if major == 10 else "onnx-fp16")
+    assert facts["strongly_typed"] is True  # 10.x strongly typed too (it has the flag)
+    assert trt.calls["set_flag"] == []
+    assert trt.calls["network_flags"] == [2]
+    assert trt_build.key_inputs(specs["denoiser"], "k", "fp16")["onnx_kind"] == "onnx-fp16"
 
 
 def test_rejected_timing_cache_is_replaced_by_an_empty_one(tmp_path: Path) -> None:

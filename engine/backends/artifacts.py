@@ -18,7 +18,7 @@ from typing import Any
 from engine.backends.base import BackendError
 from engine.config.settings import ModelConfig
 from engine.graphs.artifacts import ArtifactReader
-from engine.graphs.modules import GraphOptions, build_specs
+from engine.graphs.modules import ALL_GRAPH_NAMES, GRAPH_NAMES, MODE_GRAPH_NAMES, GraphOptions, build_specs
 from engine.graphs.spec import GraphSpec
 
 REBUILD = "python -m engine.build --preset ... --target {target} --out {engines}"
@@ -38,12 +38,20 @@ class Artifact:
 
 def spec_from_meta(meta: Mapping[str, Any]) -> GraphSpec:
     model = ModelConfig(**meta["model"])
-    spec = build_specs(model, GraphOptions(**meta["options"]))[meta["graph"]]
+    spec = build_specs(model, GraphOptions(**meta["options"]), ALL_GRAPH_NAMES)[meta["graph"]]
     if spec.fingerprint() != meta.get("spec_fingerprint"):
         raise BackendError(
             f"the {meta['graph']} artifact was built from another version of its graph spec; rebuild it"
         )
     return spec
+
+
+def graphs_to_open(engines: Path, kinds: Sequence[str]) -> list[str]:
+    """The seven graphs every run needs, plus whichever fast-mode graphs (``MODE_GRAPH_NAMES``) the folder
+    holds in one of ``kinds`` (they are built on request: ``engine.cli.build --graphs wfm unet ...``)."""
+    root = Path(engines)
+    present = [g for g in MODE_GRAPH_NAMES if any((root / g / k / "meta.json").is_file() for k in kinds)]
+    return [*GRAPH_NAMES, *present]
 
 
 def open_artifact(engines: Path, graph: str, kinds: Sequence[str], target: str, verify: bool = True) -> Artifact:

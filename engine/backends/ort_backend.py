@@ -17,9 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.backends.artifacts import check_expected, open_artifact
+from engine.backends.artifacts import check_expected, graphs_to_open, open_artifact
 from engine.backends.base import Backend, BackendError, GraphRunner, Tensors, check_names
-from engine.graphs.modules import GRAPH_NAMES
 from engine.graphs.spec import GraphSpec
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -140,7 +139,7 @@ class OrtGraph(GraphRunner):
 class OrtBackend(Backend):
     name = "onnxruntime"
 
-    def __init__(self, engines: Path, graphs: Sequence[str] = GRAPH_NAMES, precision: str = "fp32",
+    def __init__(self, engines: Path, graphs: Sequence[str] | None = None, precision: str = "fp32",
                  providers: Sequence[str] | None = None, expect: Mapping[str, Any] | None = None,
                  threads: int | None = None, verify: bool = True, device: str | None = None) -> None:
         if precision not in ("fp32", "fp16"):
@@ -151,7 +150,7 @@ class OrtBackend(Backend):
             chosen = ["CPUExecutionProvider"]
         runners = {}
         self.artifacts = {}
-        for graph in graphs:
+        for graph in graphs if graphs is not None else graphs_to_open(engines, kinds):
             art = open_artifact(engines, graph, kinds, target="onnx", verify=verify)
             if art.kind == "onnx-fp32" and precision == "fp16" and not art.spec.fp32_only:
                 raise BackendError(f"{engines} has no fp16 {graph} graph: build with --precision fp16")

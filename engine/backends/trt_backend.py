@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from engine.backends.artifacts import check_expected, open_artifact
+from engine.backends.artifacts import check_expected, graphs_to_open, open_artifact
 from engine.backends.base import Backend, BackendError, GraphRunner, Tensors, check_names
 from engine.backends.trt_runtime import (
     TensorRTUnavailable,
@@ -30,7 +30,6 @@ from engine.backends.trt_runtime import (
     register_plugin,
     require_tensorrt,
 )
-from engine.graphs.modules import GRAPH_NAMES
 from engine.graphs.spec import GraphSpec
 
 
@@ -198,14 +197,14 @@ def engine_kinds(precision: str | None) -> list[str]:
 class TrtBackend(Backend):
     name = "tensorrt"
 
-    def __init__(self, engines: Path, graphs: Sequence[str] = GRAPH_NAMES, precision: str | None = None,
+    def __init__(self, engines: Path, graphs: Sequence[str] | None = None, precision: str | None = None,
                  expect: Mapping[str, Any] | None = None, cuda_graphs: bool = False, verify: bool = True) -> None:
         """``precision`` None takes what the build made (engine.cli.build defaults to fp32); "fp16" or
         "fp32" insists on it (create_backend passes the run's dtype)."""
         require_tensorrt()  # the one clear error, before any file is opened
         runners = {}
         self.artifacts = {}
-        for graph in graphs:
+        for graph in graphs if graphs is not None else graphs_to_open(engines, engine_kinds(precision)):
             art = open_artifact(engines, graph, engine_kinds(precision), target="trt", verify=verify)
             if precision is not None and art.kind != f"trt-{engine_precision(art.spec, precision)}":
                 raise BackendError(f"{engines} has no {precision} {graph} engine: build with --precision {precision}")

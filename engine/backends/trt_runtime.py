@@ -58,24 +58,29 @@ def tensorrt_major(trt: Any) -> int:
 
 
 def strongly_typed(trt: Any) -> bool:
-    """Whether engines are built strongly typed: always from TensorRT 11, which removed the
-    weak-typing flags (``BuilderFlag.FP16``); TensorRT 10 builds weakly typed with the flag."""
-    return tensorrt_major(trt) >= 11 or not hasattr(trt.BuilderFlag, "FP16")
+    """Whether engines are built strongly typed: whenever TensorRT offers it (10.x has
+    ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``; 11 builds nothing else). A strongly typed fp16 engine
+    is parsed from the fp16 ONNX graph, whose types keep the sinusoidal position/timestep tables and the
+    normalisations in float32 by construction; under the weakly typed ``BuilderFlag.FP16`` TensorRT may
+    pick fp16 for any layer, position tables included. Only a TensorRT without the flag builds weakly."""
+    flags = getattr(trt, "NetworkDefinitionCreationFlag", None)
+    return tensorrt_major(trt) >= 11 or getattr(flags, "STRONGLY_TYPED", None) is not None
 
 
 def onnx_kind_for_engine(trt: Any, spec: GraphSpec, precision: str) -> str:
     """Which ONNX artifact an engine is parsed from. Strongly typed networks take their
     precision from the graph's own tensor types, so an fp16 engine needs the fp16 graph (its
-    sinusoidal tables kept in fp32); TensorRT 10 lowers the fp32 graph under BuilderFlag.FP16."""
+    sinusoidal tables and normalisations kept in fp32); a TensorRT without strong typing lowers the
+    fp32 graph under BuilderFlag.FP16."""
     if engine_precision(spec, precision) == "fp16" and strongly_typed(trt):
         return "onnx-fp16"
     return "onnx-fp32"
 
 
 def network_flags(trt: Any) -> int:
-    """``create_network`` flags: STRONGLY_TYPED where engines are strongly typed (required
-    from 10.12 to get that mode, accepted and ignored by 11), else none (explicit batch is the
-    only mode since TensorRT 10)."""
+    """``create_network`` flags: STRONGLY_TYPED where engines are strongly typed (required on
+    10.x to get that mode, accepted and ignored by 11), else none (explicit batch is the only
+    mode since TensorRT 10)."""
     if strongly_typed(trt) and hasattr(trt, "NetworkDefinitionCreationFlag"):
         flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
         if flag is not None:
@@ -84,7 +89,7 @@ def network_flags(trt: Any) -> int:
 
 
 def builder_flags(trt: Any, spec: GraphSpec, precision: str) -> list[Any]:
-    """BuilderFlags to set: FP16 on TensorRT 10 for an fp16 engine, nothing when strongly typed."""
+    """BuilderFlags to set: FP16 for an fp16 engine on a TensorRT without strong typing, else nothing."""
     if engine_precision(spec, precision) == "fp16" and not strongly_typed(trt):
         return [trt.BuilderFlag.FP16]
     return []

@@ -18,7 +18,7 @@ import torch
 
 from engine.cli.args import Parser, creatable_dir, existing_dir, finite_float, int_in, positive_int, seed_int
 from engine.errors import EngineError
-from engine.graphs.modules import GRAPH_NAMES, GRID_SAMPLE_FORMS
+from engine.graphs.modules import ALL_GRAPH_NAMES, GRAPH_NAMES, GRID_SAMPLE_FORMS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,7 +29,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--target", choices=["onnx", "trt"], default="onnx")
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
     p.add_argument("--out", type=Path, required=True, help="engines folder (the cache lives there too)")
-    p.add_argument("--graphs", nargs="+", choices=GRAPH_NAMES, default=list(GRAPH_NAMES))
+    p.add_argument("--graphs", nargs="+", choices=ALL_GRAPH_NAMES, default=list(GRAPH_NAMES),
+                   help="graphs to build (default: the seven every mode uses; wfm, unet, wfm_cond, unet_cond, "
+                        "denoiser_cond serve the fast modes)")
     # latents are size/8 and the UNet halves them three times: the side must divide by 64
     p.add_argument("--size", type=int_in(64, multiple_of=64), default=None,
                    help="output side in pixels, a multiple of 64 (default: the preset's)")

@@ -14,14 +14,14 @@ import torch
 
 from engine.cli.args import Parser, existing_dir, positive_int
 from engine.errors import EngineError
-from engine.graphs.modules import GRAPH_NAMES
+from engine.graphs.modules import ALL_GRAPH_NAMES
 
 
 def main(argv: list[str] | None = None) -> int:
     p = Parser(prog="python -m engine.verify", description=__doc__)
     p.add_argument("--backend", choices=["onnxruntime", "tensorrt"], required=True)
     p.add_argument("--engines", type=Path, required=True, help="folder written by python -m engine.build --out")
-    p.add_argument("--graphs", nargs="+", choices=GRAPH_NAMES, default=None, help="default: every built graph")
+    p.add_argument("--graphs", nargs="+", choices=ALL_GRAPH_NAMES, default=None, help="default: every built graph")
     p.add_argument("--precision", choices=["fp32", "fp16"], default=None,
                    help="which artifacts (default: fp32 for onnxruntime, fp16 for tensorrt)")
     p.add_argument("--cuda-graphs", action="store_true", help="tensorrt: replay captured CUDA graphs")

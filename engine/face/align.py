@@ -29,11 +29,17 @@ import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 
+from engine import optional
 from engine.errors import FaceError, WeightsError
+
+if TYPE_CHECKING:
+    import cv2
+else:
+    cv2 = optional.lazy("cv2", "face alignment")
 
 METHODS = ("auto", "insightface", "opencv")
 CROP_SIZE = 512  # the release's CropConfig.dsize

@@ -10,11 +10,17 @@ networks, so feeding RGB directly gives the same tensors. Only ``engine.face.ali
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 
+from engine import optional
 from engine.errors import WeightsError
+
+if TYPE_CHECKING:
+    import cv2
+else:
+    cv2 = optional.lazy("cv2", "face detection")
 
 DET_SIZE = (512, 512)  # the release: face_analysis_wrapper.prepare(det_size=(512, 512))
 DET_THRESH = 0.1  # the release's CropConfig.det_thresh (InsightFace's own default is 0.5)

@@ -37,14 +37,20 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import av
-import cv2
 import numpy as np
 
+from engine import optional
 from engine.errors import InputError
 from engine.io.image import check_input_file, check_size, square_crop_box
+
+if TYPE_CHECKING:
+    import av
+    import cv2
+else:
+    av = optional.lazy("av", "reading and writing video files")
+    cv2 = optional.lazy("cv2", "resizing video frames")
 
 __all__ = [
     "VideoClip",

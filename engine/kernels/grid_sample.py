@@ -160,15 +160,35 @@ def cuda_kernel_problem() -> str | None:
         _cuda_problem = f"no NVIDIA driver was found, so {LIB_NAME}'s CUDA kernel cannot run"
     elif devices.value == 0:
         _cuda_problem = f"{LIB_NAME}'s CUDA kernel sees no CUDA device (driver supports CUDA {_version(driver.value)})"
-    elif driver.value < runtime.value:
-        _cuda_problem = (
-            f"{LIB_NAME} was built with CUDA {_version(runtime.value)} but the NVIDIA driver supports only CUDA "
-            f"{_version(driver.value)}; update the driver (CUDA 13 needs >= 580) or rebuild the library with "
-            f"scripts/build_kernels.sh using an older CUDA toolkit"
-        )
     else:
-        _cuda_problem = f"{LIB_NAME}'s CUDA kernel cannot run here (frvd_cuda_check status {status})"
+        _cuda_problem = cuda_check_message(status, runtime.value, driver.value)
     return _cuda_problem
+
+
+CUDA_PROBE_BASE = 1000  # frvd_cuda_check: a failed probe launch returns this + its cudaError_t
+_PROBE_HINTS = {
+    35: "the driver is older than this CUDA runtime",
+    209: "the library has no machine code for this GPU: rebuild it for this GPU's architecture "
+         "(python -m engine.gpucheck builds one, or scripts/build_kernels.sh -DCMAKE_CUDA_ARCHITECTURES=native)",
+    222: "the library's PTX is newer than the driver can compile: rebuild it with a CUDA toolkit no newer "
+         "than the driver, for this GPU's architecture",
+}
+
+
+def cuda_check_message(status: int, runtime: int, driver: int) -> str:
+    """Why ``frvd_cuda_check`` refused (status != 0), for a driver and devices that exist. Under CUDA's
+    minor-version compatibility only an older driver MAJOR rules the library out by version; anything
+    else is what a real probe launch answered."""
+    if driver // 1000 < runtime // 1000:
+        return (f"{LIB_NAME} was built with CUDA {_version(runtime)} but the NVIDIA driver supports only CUDA "
+                f"{_version(driver)} (an older major); update the driver (CUDA 13 needs >= 580) or rebuild the "
+                f"library with a CUDA {_version(driver).split('.')[0]}.x toolkit (python -m engine.gpucheck does)")
+    if status >= CUDA_PROBE_BASE:
+        err = status - CUDA_PROBE_BASE
+        hint = _PROBE_HINTS.get(err, "see cudaError_t")
+        return (f"{LIB_NAME}'s probe launch failed with cudaError {err} (built with CUDA {_version(runtime)}, "
+                f"driver CUDA {_version(driver)}): {hint}")
+    return f"{LIB_NAME}'s CUDA kernel cannot run here (frvd_cuda_check status {status})"
 
 
 def _note_cuda_failure(err: KernelLibraryError) -> None:

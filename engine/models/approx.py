@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers.models.attention_processor import Attention
 from torch import nn
 
-from engine.models.svd_blocks import FullTemporalTransformer
+if TYPE_CHECKING:
+    from diffusers.models.attention_processor import Attention
 
 
 class PooledProjection(nn.Module):
@@ -55,6 +56,11 @@ def kv_downsample(module: nn.Module, factor: int) -> Iterator[None]:
     if factor == 1:
         yield
         return
+    # imported here: the runtime imports this module, and its torch path must import without diffusers
+    from diffusers.models.attention_processor import Attention
+
+    from engine.models.svd_blocks import FullTemporalTransformer
+
     swapped: list[tuple[Attention, str, nn.Module]] = []
     hooks = []
     try:

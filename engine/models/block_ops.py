@@ -108,7 +108,7 @@ def feed_forward(ff: FeedForward, x: torch.Tensor) -> torch.Tensor:
     """GEGLU feed-forward: ``proj -> a * gelu(gate) -> linear`` (the product formed in place), over
     blocks of rows (``CHUNK_ROWS`` per thread) so that the 8x-wide intermediate stays in cache."""
     rows, chunk = x.numel() // x.shape[-1], _chunk_rows()
-    if rows <= 2 * chunk or not _blocked(x):
+    if not _blocked(x) or rows <= 2 * chunk:  # _blocked first: no shape guard while exporting
         return _feed_forward(ff, x)
     flat = x.reshape(rows, x.shape[-1])
     out = flat.new_empty(rows, ff.net[2].out_features)
@@ -146,7 +146,7 @@ def _per_sequence(fn, block: nn.Module, x: torch.Tensor, cross: torch.Tensor | N
     """``fn(block, x, cross)`` over groups of whole sequences (dim 0) of about ``_chunk_rows()`` tokens."""
     count, length = x.shape[:2]
     per = max(1, _chunk_rows() // max(length, 1))
-    if count <= per or not _blocked(x):
+    if not _blocked(x) or count <= per:  # _blocked first: no shape guard while exporting
         return fn(block, x, cross)
     out = torch.empty_like(x)
     for start in range(0, count, per):

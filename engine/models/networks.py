@@ -4,20 +4,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import AutoencoderKL
 from torch import nn
-from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
+from engine import optional
 from engine.config import presets
 from engine.config.settings import ModelConfig, SamplerConfig
 from engine.models import weights
-from engine.models.denoiser import Denoiser
-from engine.models.head_net import HeadNet
-from engine.models.liveportrait.motion_branch import MotionBranch
-from engine.models.unet import SVDUNet, SVDUNetConfig
-from engine.models.wfm import WarpingFeatureMapper
+
+if TYPE_CHECKING:  # the SVD/CLIP blocks need diffusers and transformers: imported when networks are built
+    from diffusers import AutoencoderKL
+    from transformers import CLIPVisionModelWithProjection
+
+    from engine.models.denoiser import Denoiser
+    from engine.models.head_net import HeadNet
+    from engine.models.liveportrait.motion_branch import MotionBranch
 
 VAE_KEYS = (
     "in_channels", "out_channels", "down_block_types", "up_block_types", "block_out_channels",
@@ -78,6 +81,19 @@ class Networks:
 
 def build_networks(model: ModelConfig, time_context: str = "release") -> Networks:
     """Fresh modules for ``model`` on the current default device (use ``torch.device('meta')`` to skip init)."""
+    # Imported here, not at module level, so that engine.api (and a GPU box's self-check) imports without
+    # them; a missing one is one clear error naming the package.
+    optional.require("diffusers", "building the networks (the SVD UNet/VAE blocks)")
+    optional.require("transformers", "building the networks (the CLIP image encoder)")
+    from diffusers import AutoencoderKL
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from engine.models.denoiser import Denoiser
+    from engine.models.head_net import HeadNet
+    from engine.models.liveportrait.motion_branch import MotionBranch
+    from engine.models.unet import SVDUNet, SVDUNetConfig
+    from engine.models.wfm import WarpingFeatureMapper
+
     unet_cfg = SVDUNetConfig.from_dict(model.unet)
     unet = SVDUNet(unet_cfg, time_context=time_context)
     wfm = WarpingFeatureMapper(unet_cfg, time_context=time_context)

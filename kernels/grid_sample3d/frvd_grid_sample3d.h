@@ -43,12 +43,16 @@ FRVD_API int frvd_kernels_abi_version(void);
 /* 1 when the CUDA kernel was compiled into this library, else 0. */
 FRVD_API int frvd_kernels_has_cuda(void);
 
-/* Whether the CUDA kernel can launch here: FRVD_OK when a device is present and the driver
- * supports the CUDA runtime the library was built with, FRVD_ERR_CUDA otherwise,
- * FRVD_ERR_NO_CUDA without CUDA objects. `runtime_version` / `driver_version` receive
+/* Whether the CUDA kernel can launch here: FRVD_OK when a device is present, the driver's CUDA
+ * major is at least the library's (CUDA minor-version compatibility: an older minor is fine) and a
+ * no-op probe kernel launched and completed; FRVD_ERR_CUDA when there is no driver/device or the
+ * driver's major is older; FRVD_CUDA_PROBE_BASE + the cudaError_t of a failed probe launch (e.g.
+ * + 209, no kernel image for this GPU; + 222, PTX too new for the driver); FRVD_ERR_NO_CUDA
+ * without CUDA objects. `runtime_version` / `driver_version` receive
  * cudaRuntimeGetVersion / cudaDriverGetVersion (1000 * major + 10 * minor; 0 = no driver),
  * `device_count` the visible devices. Any pointer may be NULL. Added without an ABI bump:
  * callers look the symbol up and treat its absence as "unknown". */
+#define FRVD_CUDA_PROBE_BASE 1000
 FRVD_API int frvd_cuda_check(int* runtime_version, int* driver_version, int* device_count);
 
 /* Human-readable text for a status code (static storage, never NULL). */

@@ -21,6 +21,8 @@ namespace frvd {
 namespace {
 
 constexpr int kBlock = 256;
+
+__global__ void probe_kernel() {}
 // Enough threads to cover every SM of the largest target several times over.
 constexpr int64_t kTargetThreads = int64_t{1} << 18;
 // Fewer channels per thread than this would spend more time on tap math than on loads.
@@ -123,8 +125,10 @@ int grid_sample3d_cuda(const void* input, const void* grid, void* output, const 
 }
 
 int cuda_check(int* runtime_version, int* driver_version, int* device_count) {
-  // A driver older than the toolkit this was compiled with (CUDA 13 needs >= 580) makes
-  // every launch fail with cudaErrorInsufficientDriver; detect it before the first launch.
+  // CUDA's minor-version compatibility (11.1+): a library built with toolkit X.Y runs on any driver of
+  // major X or newer, even one that reports an older minor (e.g. built with 12.8, driver 550 reports
+  // 12.4). So the versions only rule out an older driver MAJOR; whether the kernel really launches
+  // (SASS for this GPU, or PTX the driver can JIT) is then decided by launching a no-op kernel.
   int runtime = 0, driver = 0, devices = 0;
   cudaRuntimeGetVersion(&runtime);
   const cudaError_t driver_status = cudaDriverGetVersion(&driver);
@@ -133,9 +137,17 @@ int cuda_check(int* runtime_version, int* driver_version, int* device_count) {
   if (runtime_version != nullptr) *runtime_version = runtime;
   if (driver_version != nullptr) *driver_version = driver;
   if (device_count != nullptr) *device_count = count_status == cudaSuccess ? devices : 0;
-  const bool ok = driver_status == cudaSuccess && count_status == cudaSuccess && devices > 0 &&
-                  driver >= runtime;
-  return ok ? FRVD_OK : FRVD_ERR_CUDA;
+  const bool versions_ok = driver_status == cudaSuccess && count_status == cudaSuccess && devices > 0 &&
+                           driver / 1000 >= runtime / 1000;
+  if (!versions_ok) return FRVD_ERR_CUDA;
+  probe_kernel<<<1, 1>>>();
+  cudaError_t launch = cudaGetLastError();
+  if (launch == cudaSuccess) launch = cudaStreamSynchronize(nullptr);
+  if (launch != cudaSuccess) {
+    cudaGetLastError();
+    return FRVD_CUDA_PROBE_BASE + static_cast<int>(launch);
+  }
+  return FRVD_OK;
 }
 
 }  // namespace frvd
