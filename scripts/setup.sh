@@ -7,7 +7,7 @@
 #   FRVD_TORCH=cu126 bash scripts/setup.sh # the same, chosen by variable (cpu | cuXYZ)
 #
 #   bash scripts/setup.sh --ort gpu        # onnxruntime-gpu (CUDA/TensorRT EPs) instead of onnxruntime
-#   FRVD_ORT=gpu FRVD_EXTRAS=trt bash scripts/setup.sh   # the same by variable, plus TensorRT
+#   FRVD_ORT=gpu FRVD_EXTRAS=trt-cu12 bash scripts/setup.sh   # plus TensorRT (trt-cu12 or trt-cu13: the driver's CUDA major)
 #
 #   bash scripts/setup.sh --no-lock        # newest releases within pyproject.toml's bounds (FRVD_LOCK=0)
 #

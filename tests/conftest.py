@@ -46,6 +46,12 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
 
 @pytest.fixture(scope="session")
+def mode_engines() -> Path:
+    """Tiny engines plus the fast modes' split graphs (engines_support.MODE_GRAPHS)."""
+    return engines_support.mode_engines()
+
+
+@pytest.fixture(scope="session")
 def tiny_engines() -> tuple[Path, dict]:
     """The tiny preset's engines folder and its build report (built once per session)."""
     return engines_support.tiny_engines()

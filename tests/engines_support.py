@@ -23,6 +23,11 @@ REPO = Path(__file__).resolve().parents[1]
 ROOT = Path(tempfile.mkdtemp(prefix="frvd-export-tests-"))
 TINY_ENGINES = ROOT / "tiny"
 FIXTURE_ENGINES = ROOT / "fixture"
+MODE_ENGINES = ROOT / "modes"
+# The fast modes' split graphs (engine.config.modes): turbo runs on wfm_cond + unet_cond; fast also needs
+# wfm + unet - a minute or two more of export on 2 cores, so only with FRVD_EXPORT_MODES=1. Parity is the
+# test's (whole runs against torch), so the build skips its own.
+MODE_GRAPHS = ["wfm_cond", "unet_cond"] + (["wfm", "unet"] if os.environ.get("FRVD_EXPORT_MODES") == "1" else [])
 TIMEOUT_S = 900
 
 
@@ -55,6 +60,10 @@ def _jobs(fixtures_dir: Path | None) -> dict[str, Job]:
     if "tiny" not in JOBS:
         JOBS["tiny"] = Job([sys.executable, "-m", "engine.cli.build", "--preset", "tiny", "--target", "onnx",
                             "--out", str(TINY_ENGINES), "--threads", "1", "--quiet"])
+    if "modes" not in JOBS:
+        JOBS["modes"] = Job([sys.executable, "-m", "engine.cli.build", "--preset", "tiny", "--target", "onnx",
+                             "--out", str(MODE_ENGINES), "--graphs", *MODE_GRAPHS, "--no-parity", "--threads", "1",
+                             "--quiet"])
     if fixtures_dir is not None and "fixture" not in JOBS:
         JOBS["fixture"] = Job([sys.executable, "-m", "engine.cli.fixtures", str(fixtures_dir), "--backend",
                                "onnxruntime", "--engines", str(FIXTURE_ENGINES), "--threads", "1"])
@@ -66,10 +75,14 @@ HEAVY_FIXTURES = ("tiny_engines", "fixture_job")
 
 
 def start_if_needed(items: list) -> None:
-    """Start both jobs now if any selected test will wait for one (so nothing runs for a -k subset)."""
-    if any(name in getattr(item, "fixturenames", ()) for item in items for name in HEAVY_FIXTURES):
-        for job in _jobs(FIXTURES if FIXTURES.is_dir() else None).values():
-            job.start()
+    """Start the tiny and fixture jobs now if any selected test will wait for one, and the mode-graph job
+    if a test needs it (so nothing runs for a -k subset)."""
+    wanted = {name for item in items for name in getattr(item, "fixturenames", ())}
+    if wanted & {*HEAVY_FIXTURES, "mode_engines"}:
+        jobs = _jobs(FIXTURES if FIXTURES.is_dir() else None)
+        for name, job in jobs.items():
+            if name != "modes" or "mode_engines" in wanted:
+                job.start()
 
 
 def tiny_engines() -> tuple[Path, dict]:
@@ -77,6 +90,20 @@ def tiny_engines() -> tuple[Path, dict]:
     job = _jobs(None)["tiny"].wait()
     assert job.returncode == 0, job.output[-4000:]
     return TINY_ENGINES, json.loads((TINY_ENGINES / "build_report.json").read_text())
+
+
+def mode_engines() -> Path:
+    """An engines folder with the seven graphs (linked from the tiny build: same weights and options) and
+    the fast modes' graphs ``MODE_GRAPHS``."""
+    from engine.graphs.modules import GRAPH_NAMES
+
+    tiny, _ = tiny_engines()
+    job = _jobs(None)["modes"].wait()
+    assert job.returncode == 0, job.output[-4000:]
+    for graph in GRAPH_NAMES:
+        if not (MODE_ENGINES / graph).exists():
+            (MODE_ENGINES / graph).symlink_to(tiny / graph, target_is_directory=True)
+    return MODE_ENGINES
 
 
 def fixture_run(fixtures_dir: Path) -> Job:

@@ -34,6 +34,17 @@ def choose_providers(preferred: Sequence[str] | None = None) -> list[str]:
     return [p for p in wanted if p in available and p != "CPUExecutionProvider"] + ["CPUExecutionProvider"]
 
 
+def check_providers(requested: Sequence[str], active: Sequence[str], path: Path) -> None:
+    """onnxruntime drops an execution provider it cannot load (missing CUDA/cuDNN/TensorRT libraries, a
+    driver too old) with a log line and runs on CPU: a GPU run would silently be a CPU run, and a parity
+    check would compare CPU with CPU. Every GPU provider asked for must be active."""
+    missing = [p for p in requested if p in GPU_PROVIDERS and p not in active]
+    if missing:
+        raise BackendError(f"{path}: onnxruntime could not start {', '.join(missing)} (the session runs on "
+                           f"{', '.join(active)}): check that onnxruntime-gpu's CUDA/cuDNN (and TensorRT) "
+                           "libraries match this machine (docs/gpu.md), or run on CPU with device='cpu'")
+
+
 def provider_options(providers: Sequence[str], cache_dir: Path | None, fp16: bool,
                      stream: int | None = None, device: int = 0) -> list[dict[str, str]]:
     """Per-provider options, in ``providers`` order.
@@ -78,6 +89,7 @@ class OrtGraph(GraphRunner):
         cache = Path(path).parent / "ort_trt_cache"
         opts = provider_options(providers, cache, fp16, handle)
         self.session = ort.InferenceSession(str(path), options, providers=providers, provider_options=opts)
+        check_providers(providers, self.session.get_providers(), Path(path))
         self.run_options = ort.RunOptions()
         if self.stream is not None:
             # outputs are consumed on the same stream: ORT need not block the host at the end of a run

@@ -40,8 +40,8 @@ def require_cudart() -> Any:
             return importlib.import_module(name)
         except ImportError:
             continue
-    raise TensorRTUnavailable("cuda-python is not installed (pip install 'frvd-engine[trt]'); the TensorRT "
-                              "backend uses it for its CUDA stream graph capture")
+    raise TensorRTUnavailable("cuda-python is not installed (pip install 'frvd-engine[trt-cu12]' or "
+                              "'[trt-cu13]'); the TensorRT backend uses it for its CUDA stream graph capture")
 
 
 def _check(result: Any, what: str) -> Any:

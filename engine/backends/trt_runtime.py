@@ -15,7 +15,7 @@ from engine.graphs.spec import GraphSpec
 
 INSTALL_HINT = (
     "TensorRT is not installed: --target trt / --backend tensorrt need the tensorrt and cuda-python "
-    "packages and an NVIDIA GPU (pip install 'frvd-engine[trt]'); --target onnx and "
+    "packages and an NVIDIA GPU (pip install 'frvd-engine[trt-cu12]' or '[trt-cu13]'); --target onnx and "
     "--backend onnxruntime work without them"
 )
 PLUGIN_MODULE = "engine.kernels.trt_plugin"

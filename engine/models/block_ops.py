@@ -77,9 +77,32 @@ def self_attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
     q = q.view(n, -1, heads, head_dim).transpose(1, 2)
     k = k.view(n, -1, heads, head_dim).transpose(1, 2)
     v = v.view(n, -1, heads, head_dim).transpose(1, 2)
-    out = F.scaled_dot_product_attention(q, k, v)
+    out = attention(q, k, v)
     out = out.transpose(1, 2).reshape(n, -1, heads * head_dim)
     return attn.to_out[0](out)
+
+
+# SDPA's fused CUDA kernels put batch x heads on one grid dimension, limited to 65,535 on some versions
+# (they fail with "invalid configuration argument"). The temporal attention's batch is rows x h x w: 8
+# windows x 2 CFG rows x 64 x 64 latents at 512^2 is 65,536 sequences, times the heads.
+SDPA_MAX_BATCH = 65_535
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``F.scaled_dot_product_attention`` over [N, heads, L, d], in slices of whole sequences on CUDA when
+    N x heads exceeds ``SDPA_MAX_BATCH`` (each sequence's numbers are the same either way)."""
+    if q.device.type != "cuda" or _tracing() or q.shape[0] * q.shape[1] <= SDPA_MAX_BATCH:
+        return F.scaled_dot_product_attention(q, k, v)
+    return sliced_attention(q, k, v, max(1, SDPA_MAX_BATCH // q.shape[1]))
+
+
+def sliced_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, per: int) -> torch.Tensor:
+    """SDPA over ``per`` sequences at a time, written into one output (no host synchronisation)."""
+    out = torch.empty_like(q)
+    for start in range(0, q.shape[0], per):
+        part = slice(start, start + per)
+        out[part] = F.scaled_dot_product_attention(q[part], k[part], v[part])
+    return out
 
 
 def single_token_cross_attention(attn: Attention, context: torch.Tensor) -> torch.Tensor:
