@@ -30,11 +30,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from engine import optional
 from engine.backends import BACKENDS, Backend, create_backend
 from engine.config import modes, presets
 from engine.config.settings import SEED_MAX, RunConfig, WindowConfig
-from engine.errors import EngineError, InputError
+from engine.errors import EngineError, InputError, lazy_import
 from engine.face.align import METHODS as ALIGN_METHODS
 from engine.face.align import CropTransform, PasteBack, crop_transform
 from engine.face.align import crop as crop_image
@@ -49,7 +48,7 @@ from engine.runtime.stream import StreamError
 if TYPE_CHECKING:
     import cv2
 else:
-    cv2 = optional.lazy("cv2", "resizing the driving frames beside the result")
+    cv2 = lazy_import("cv2", "resizing the driving frames beside the result")
 
 SOURCE_CACHE = 8  # source images whose features are kept per engine
 DTYPES = ("float32", "float16", "bfloat16")

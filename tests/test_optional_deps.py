@@ -67,7 +67,7 @@ def test_tiny_torch_path_without_pyav_and_opencv(tmp_path: Path) -> None:
 
 MISSING = """
 from engine.api import EngineOptions, Reenactor
-from engine.optional import MissingDependency
+from engine.errors import MissingDependency
 from engine.io import write_video
 from engine.cli import gpucheck
 import numpy as np

@@ -7,6 +7,7 @@ missing one is named: ``Skip("needs diffusers ...")``), then a CUDA device, then
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import platform
@@ -158,7 +159,8 @@ def kernel() -> dict[str, Any]:
     gen = torch.Generator("cuda").manual_seed(0)
     x32 = torch.randn(LP_INPUT, device="cuda", generator=gen)
     g32 = torch.rand(LP_GRID, device="cuda", generator=gen) * 2.2 - 1.1  # some taps outside the volume
-    cases, worst = [], {}
+    cases: list[dict[str, Any]] = []
+    worst: dict[str, float] = {}
     for dtype in (torch.float32, torch.float16):
         x, g = x32.to(dtype), g32.to(dtype)
         name = str(dtype)[6:]
@@ -332,7 +334,7 @@ def denoiser(compile_too: bool = False) -> dict[str, Any]:
                         for n in spec.input_names]
                 torch.cuda.reset_peak_memory_stats()
                 with torch.no_grad():
-                    ms = cuda_time_ms(lambda fn=fn, args=args: fn(*args), warmup=2 if mode == "eager" else 3, iters=3)
+                    ms = cuda_time_ms(functools.partial(fn, *args), warmup=2 if mode == "eager" else 3, iters=3)
                 flops = count_flops(windows)
                 tflops = flops / (ms / 1e3) / 1e12
                 out[f"{name}/{mode}/{windows}w"] = {

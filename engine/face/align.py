@@ -33,13 +33,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from engine import optional
-from engine.errors import FaceError, WeightsError
+from engine.errors import FaceError, WeightsError, lazy_import
 
 if TYPE_CHECKING:
     import cv2
 else:
-    cv2 = optional.lazy("cv2", "face alignment")
+    cv2 = lazy_import("cv2", "face alignment")
 
 METHODS = ("auto", "insightface", "opencv")
 CROP_SIZE = 512  # the release's CropConfig.dsize

@@ -14,13 +14,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from engine import optional
-from engine.errors import WeightsError
+from engine.errors import WeightsError, lazy_import
 
 if TYPE_CHECKING:
     import cv2
 else:
-    cv2 = optional.lazy("cv2", "face detection")
+    cv2 = lazy_import("cv2", "face detection")
 
 DET_SIZE = (512, 512)  # the release: face_analysis_wrapper.prepare(det_size=(512, 512))
 DET_THRESH = 0.1  # the release's CropConfig.det_thresh (InsightFace's own default is 0.5)

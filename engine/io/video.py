@@ -41,16 +41,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from engine import optional
-from engine.errors import InputError
+from engine.errors import InputError, lazy_import
 from engine.io.image import check_input_file, check_size, square_crop_box
 
 if TYPE_CHECKING:
     import av
     import cv2
 else:
-    av = optional.lazy("av", "reading and writing video files")
-    cv2 = optional.lazy("cv2", "resizing video frames")
+    av = lazy_import("av", "reading and writing video files")
+    cv2 = lazy_import("cv2", "resizing video frames")
 
 __all__ = [
     "VideoClip",

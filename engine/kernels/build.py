@@ -43,13 +43,15 @@ class Toolkit:
 
 def find_nvcc(explicit: str | os.PathLike | None = None) -> Path | None:
     """``explicit``, else ``$CUDA_HOME/bin/nvcc``, else nvcc on PATH, else /usr/local/cuda/bin/nvcc."""
-    candidates = [explicit] if explicit else []
+    candidates: list[str | os.PathLike] = [explicit] if explicit else []
     for var in ("CUDA_HOME", "CUDA_PATH"):
         if os.environ.get(var):
             candidates.append(Path(os.environ[var]) / "bin" / "nvcc")
-    candidates += [shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc"]
+    on_path = shutil.which("nvcc")
+    candidates += [on_path] if on_path else []
+    candidates.append("/usr/local/cuda/bin/nvcc")
     for c in candidates:
-        if c and Path(c).is_file() and os.access(c, os.X_OK):
+        if Path(c).is_file() and os.access(c, os.X_OK):
             return Path(c)
     return None
 

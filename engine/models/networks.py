@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from engine import optional
 from engine.config import presets
 from engine.config.settings import ModelConfig, SamplerConfig
+from engine.errors import require_import
 from engine.models import weights
 
 if TYPE_CHECKING:  # the SVD/CLIP blocks need diffusers and transformers: imported when networks are built
@@ -83,8 +83,8 @@ def build_networks(model: ModelConfig, time_context: str = "release") -> Network
     """Fresh modules for ``model`` on the current default device (use ``torch.device('meta')`` to skip init)."""
     # Imported here, not at module level, so that engine.api (and a GPU box's self-check) imports without
     # them; a missing one is one clear error naming the package.
-    optional.require("diffusers", "building the networks (the SVD UNet/VAE blocks)")
-    optional.require("transformers", "building the networks (the CLIP image encoder)")
+    require_import("diffusers", "building the networks (the SVD UNet/VAE blocks)")
+    require_import("transformers", "building the networks (the CLIP image encoder)")
     from diffusers import AutoencoderKL
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
