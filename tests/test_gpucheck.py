@@ -18,10 +18,10 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="asserts what 
 
 def test_every_cuda_section_skips_here_with_its_reason(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "report.json"
-    rc = gpucheck.main(["--out", str(out), "--in-process"])
+    rc = gpucheck.main(["--out", str(out)])  # isolated: environment in a child, the rest skip in the parent
     report = json.loads(out.read_text())
     sections = report["sections"]
-    assert rc == 0 and list(sections) == list(gpucheck.SECTIONS)
+    assert rc == 0 and report["isolated"] and list(sections) == list(gpucheck.SECTIONS)
     assert sections["environment"]["status"] == "ok" and sections["environment"]["torch"] == torch.__version__
     for name in gpucheck.SECTIONS[1:]:
         assert sections[name]["status"] == "skipped", (name, sections[name])
@@ -34,8 +34,7 @@ def test_every_cuda_section_skips_here_with_its_reason(tmp_path: Path, capsys: p
 
 def test_require_kernel_fails_with_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "report.json"
-    rc = gpucheck.main(["--out", str(out), "--sections", "kernel_build", "kernel", "--require-kernel",
-                        "--in-process"])
+    rc = gpucheck.main(["--out", str(out), "--sections", "kernel_build", "kernel", "--require-kernel"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == gpucheck.REQUIRE_KERNEL_EXIT != 0
     assert len(err) == 1 and err[0].startswith("error: --require-kernel: no usable CUDA grid-sample kernel")
@@ -43,12 +42,15 @@ def test_require_kernel_fails_with_one_clear_line(tmp_path: Path, capsys: pytest
     assert json.loads(out.read_text())["kernel_problem"]  # the report says it too
 
 
-def test_sections_run_in_their_own_processes(tmp_path: Path) -> None:
-    report = gpucheck.run_all(["kernel_build"], tmp_path, log=lambda _: None)
-    assert report["isolated"] and report["sections"]["kernel_build"]["status"] == "skipped"
-    assert "no CUDA device" in report["sections"]["kernel_build"]["reason"]  # the child's own result
-    hung = gpucheck.run_isolated("environment", tmp_path, None, False, timeout=0.01)  # a hang ends that section only
+def test_a_section_that_hangs_or_dies_is_that_sections_failure(tmp_path: Path) -> None:
+    hung = gpucheck.run_isolated("environment", tmp_path, None, False, timeout=0.01)
     assert hung["status"] == "failed" and "timed out" in hung["reason"]
+
+
+def test_in_process_mode_gives_the_same_verdicts(tmp_path: Path) -> None:
+    report = gpucheck.run_all(["kernel", "tensorrt"], tmp_path, isolated=False, log=lambda _: None)
+    assert [s["status"] for s in report["sections"].values()] == ["skipped", "skipped"]
+    assert "tensorrt" in report["sections"]["tensorrt"]["reason"]  # the package is named before the device
 
 
 def test_a_missing_package_is_named_before_the_device() -> None:

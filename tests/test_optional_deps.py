@@ -69,7 +69,7 @@ MISSING = """
 from engine.api import EngineOptions, Reenactor
 from engine.errors import MissingDependency
 from engine.io import write_video
-from engine.cli import gpucheck
+from engine.cli import gpu_sections, gpucheck
 import numpy as np
 try:
     Reenactor.from_preset("tiny", EngineOptions())
@@ -79,7 +79,7 @@ try:
     write_video("x.mp4", np.zeros((1, 64, 64, 3), np.uint8), 25)
 except MissingDependency as err:
     out["video"] = str(err)
-out["section"] = gpucheck.run_section("tiny_pipeline", gpucheck.tiny_pipeline)
+out["section"] = gpucheck.run_section("tiny_pipeline", gpu_sections.tiny_pipeline)
 """
 
 

@@ -400,6 +400,28 @@ def trt_plugin(work: Path) -> dict[str, Any]:
     return _build_and_verify(work / "trt_plugin", "trt", "tensorrt", 600, ["warp"], ("--grid-sample", "custom"))
 
 
+# What each section needs before it can do anything: (Python packages, a CUDA device). The runner checks
+# this in its own process first, so a section that would only skip costs no child interpreter.
+NEEDS: dict[str, tuple[tuple[str, ...], bool]] = {
+    "environment": ((), False), "kernel_build": ((), True), "kernel": ((), True), "sanitizer": ((), True),
+    "streams": ((), True), "tiny_pipeline": (MODEL_PACKAGES, True), "denoiser": (MODEL_PACKAGES, True),
+    "onnxruntime_gpu": (("onnxruntime", *MODEL_PACKAGES), True), "tensorrt": (("tensorrt", *MODEL_PACKAGES), True),
+    "trt_plugin": (("tensorrt", *MODEL_PACKAGES), True),
+}
+
+
+def precheck(name: str, kernel_lib: str | None = None) -> None:
+    """``Skip`` when ``name`` cannot run here for want of a package or a device (a given ``--kernel``
+    needs neither for kernel_build)."""
+    modules, cuda = NEEDS[name]
+    if name == "kernel_build" and kernel_lib:
+        return
+    if modules:
+        need_modules(*modules, why=f"the {name} section")
+    if cuda:
+        need_cuda()
+
+
 def sections(work: Path, kernel_lib: str | None, compile_too: bool) -> dict[str, Callable[[], dict[str, Any]]]:
     """Section name -> the call that runs it (the runner's table, in the order they run)."""
     return {

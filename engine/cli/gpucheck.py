@@ -28,6 +28,7 @@ kernel a failure (exit 3, one clear line). Exit 1 when any section failed. Budge
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -39,7 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from engine.cli.gpu_sections import Skip, count_flops, rel_err, sections
+from engine.cli.gpu_sections import Skip, count_flops, precheck, rel_err, sections
 
 SECTIONS = ("environment", "kernel_build", "kernel", "sanitizer", "streams", "tiny_pipeline", "denoiser",
             "onnxruntime_gpu", "tensorrt", "trt_plugin")
@@ -90,13 +91,24 @@ def run_isolated(name: str, work: Path, kernel: str | None, compile_too: bool, t
             "seconds": round(time.perf_counter() - t0, 2)}
 
 
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Atomically (a reader, or a run killed half-way, never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    tmp.replace(path)
+
+
 def run_all(names: list[str], work: Path, kernel: str | None = None, compile_too: bool = False,
-            isolated: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Every section of ``names`` in order; ``kernel_build``'s library is handed to the later ones."""
+            isolated: bool = True, log: Callable[[str], None] = print, out: Path | None = None) -> dict[str, Any]:
+    """Every section of ``names`` in order; ``kernel_build``'s library is handed to the later ones. With
+    ``out`` the report is rewritten after each section (a run stopped by a time limit keeps what finished)."""
     report: dict[str, Any] = {"format": 2, "isolated": isolated, "sections": {}}
     for name in names:
         if isolated:
-            result = run_isolated(name, work, kernel, compile_too, TIMEOUT_S.get(name, DEFAULT_TIMEOUT_S))
+            skipped = run_section(name, functools.partial(_precheck, name, kernel))  # no child for a skip
+            result = skipped if skipped["status"] == "skipped" else run_isolated(
+                name, work, kernel, compile_too, TIMEOUT_S.get(name, DEFAULT_TIMEOUT_S))
         else:
             result = run_section(name, sections(work, kernel, compile_too)[name])
         report["sections"][name] = result
@@ -109,10 +121,17 @@ def run_all(names: list[str], work: Path, kernel: str | None = None, compile_too
                 ops._reset_kernel_library()
         why = f" ({result['reason']})" if "reason" in result else ""
         log(f"gpucheck: {name:<16} {result['status']:<8} {result['seconds']:>7.1f} s{why}")
-    report["kernel_library"] = kernel
-    statuses = [s["status"] for s in report["sections"].values()]
-    report["summary"] = {k: statuses.count(k) for k in ("ok", "failed", "skipped")}
+        report["kernel_library"] = kernel
+        statuses = [s["status"] for s in report["sections"].values()]
+        report["summary"] = {k: statuses.count(k) for k in ("ok", "failed", "skipped")}
+        if out is not None:
+            write_json(out, report)
     return report
+
+
+def _precheck(name: str, kernel: str | None) -> dict[str, Any]:
+    precheck(name, kernel)
+    return {}
 
 
 def kernel_problem(report: dict[str, Any]) -> str | None:
@@ -131,10 +150,7 @@ def kernel_problem(report: dict[str, Any]) -> str | None:
 
 def _child(args: argparse.Namespace) -> int:
     """One section in this process, its result written to ``--out`` (the parent reads it)."""
-    result = run_section(args.child, sections(args.work, args.kernel, args.compile)[args.child])
-    tmp = args.out.with_name(f".{args.out.name}.partial")
-    tmp.write_text(json.dumps(result, indent=1, default=str))
-    tmp.replace(args.out)
+    write_json(args.out, run_section(args.child, sections(args.work, args.kernel, args.compile)[args.child]))
     return 0
 
 
@@ -160,14 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="frvd-gpucheck-") as tmp:
         work = (args.work or Path(tmp)).resolve()
         work.mkdir(parents=True, exist_ok=True)
-        report = run_all(args.sections, work, args.kernel, args.compile, isolated=not args.in_process)
+        report = run_all(args.sections, work, args.kernel, args.compile, isolated=not args.in_process, out=args.out)
     report["require_kernel"] = args.require_kernel
     problem = kernel_problem(report) if args.require_kernel else None
     report["kernel_problem"] = problem
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_name(f".{args.out.name}.partial")
-    tmp_out.write_text(json.dumps(report, indent=1, default=str))
-    tmp_out.replace(args.out)
+    write_json(args.out, report)
     s = report["summary"]
     print(f"gpucheck: {s['ok']} ok, {s['failed']} failed, {s['skipped']} skipped -> {args.out}")
     if problem:
