@@ -112,6 +112,9 @@ class ExactRun:
         per_call = self.stages.denoise.per_call
         device = self.stages.denoise.backend.device
         weight, guidance = weight.to(device), guidance.to(device)
+        # device index tensors made once: a Python list as a CUDA index is a blocking host-to-device copy
+        # per use (several per window and evaluation on the hot path)
+        index = [torch.tensor(idx, device=device) for idx in all_windows]
         plan = iter(modes.eval_plan(s.sampler, schedule.sigmas, s.guidance_mode, s.wfm_every))
         cache: dict[Any, Any] | None = {} if s.wfm_every > 1 or self.split else None  # WFM outputs per window group
         progress = {"done": 0, "total": len(all_windows) * len(sampling.eval_sigmas(s.sampler, schedule.sigmas))}
@@ -124,13 +127,14 @@ class ExactRun:
             count = torch.zeros(x.shape[0], device=x.device)
             for start in range(0, len(all_windows), per_call):
                 group = all_windows[start : start + per_call]
-                items = [WindowInput(x[idx], sigma, timestep, heads.gather(idx)) for idx in group]
+                items = [WindowInput(x.index_select(0, index[start + k]), sigma, timestep, heads.gather(idx))
+                         for k, idx in enumerate(group)]
                 with self.timer("denoise"):
                     outs = self.stages.denoise(items, cond, cfg=ev.cfg, wfm=ev.wfm, cache=cache,
                                                kv_downsample=self.cfg.kv_downsample)
-                for k, (idx, out) in enumerate(zip(group, outs, strict=True)):
-                    pred[:, idx] += out.noise_pred * weight
-                    count[idx] += weight[:, 0, 0, 0]
+                for k, (_, out) in enumerate(zip(group, outs, strict=True)):
+                    pred.index_add_(1, index[start + k], out.noise_pred * weight)  # windows' frames are distinct
+                    count.index_add_(0, index[start + k], weight[:, 0, 0, 0])
                     if on_window is not None:
                         on_window(start + k, out)
                 progress["done"] += 1

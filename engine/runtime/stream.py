@@ -206,6 +206,9 @@ class StreamRunner:
         new_pos = [p for p, i in enumerate(window) if i >= self.emitted and i not in window[:p]]
         heads = torch.stack([self.heads[i] for i in window])
         z0 = torch.stack([self.known[window[p]] for p in known_pos]) if known_pos else None
+        # index tensors made once per window: a Python list as a CUDA index blocks the host every step
+        known_idx = torch.tensor(known_pos, device=dev)
+        new_idx = torch.tensor(new_pos, device=dev)
         schedule = self.schedule
         plan = iter(self.plan_evals)
         cache: dict | None = {} if self.cfg.sampler.wfm_every > 1 else None  # this window's WFM outputs (reuse)
@@ -219,7 +222,7 @@ class StreamRunner:
             guided = pred[0] + self.guidance * (pred[1] - pred[0]) if ev.cfg else pred[0]
             denoised = sampling.v_to_x0(guided, x, sigma)
             if z0 is not None:
-                denoised[known_pos] = z0  # the release's first_n_frames pinning, in x0 form
+                denoised.index_copy_(0, known_idx, z0)  # the release's first_n_frames pinning, in x0 form
             return denoised
 
         x = self.noise.initial_latents(window, schedule).to(dev)
@@ -235,7 +238,7 @@ class StreamRunner:
         for held in (self.heads, self.known):
             for i in [i for i in held if 0 < i < first]:
                 del held[i]
-        self.put(self.latents_q, (indices, x[new_pos]))
+        self.put(self.latents_q, (indices, x.index_select(0, new_idx)))
 
     def _step_done(self, i: int, x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> None:
         self.control.check()
