@@ -30,7 +30,7 @@ def _run_hidden(hidden: tuple[str, ...], body: str, tmp: Path) -> dict:
             f"out['loaded'] = sorted(m for m in {hidden!r} if m in sys.modules)\n"
             f"open({str(tmp / 'out.json')!r}, 'w').write(json.dumps(out))\n")
     env = {**os.environ, "PYTHONPATH": str(REPO)}  # same thread count as this process: same sums
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((tmp / "out.json").read_text())
 

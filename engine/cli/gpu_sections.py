@@ -42,7 +42,7 @@ def need_modules(*names: str, why: str) -> None:
     missing = [n for n in names if not has_module(n)]
     if missing:
         raise Skip(f"needs {', '.join(missing)} ({why}); import {missing[0]} failed: not installed "
-                   "(scripts/gpu_selfcheck.sh carries the wheels, docs/gpu.md)")
+                   "(docs/gpu.md: what a lent box carries, which extra installs it)")
 
 
 def need_cuda() -> None:
