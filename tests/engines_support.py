@@ -28,6 +28,7 @@ MODE_ENGINES = ROOT / "modes"
 # wfm + unet - a minute or two more of export on 2 cores, so only with FRVD_EXPORT_MODES=1. Parity is the
 # test's (whole runs against torch), so the build skips its own.
 MODE_GRAPHS = ["wfm_cond", "unet_cond"] + (["wfm", "unet"] if os.environ.get("FRVD_EXPORT_MODES") == "1" else [])
+MODES_IN_SUITE = os.environ.get("FRVD_EXPORT_MODES") in ("1", "turbo")  # the mode-graph job runs only then
 TIMEOUT_S = 900
 
 
@@ -81,7 +82,7 @@ def start_if_needed(items: list) -> None:
     if wanted & {*HEAVY_FIXTURES, "mode_engines"}:
         jobs = _jobs(FIXTURES if FIXTURES.is_dir() else None)
         for name, job in jobs.items():
-            if name != "modes" or "mode_engines" in wanted:
+            if name != "modes" or ("mode_engines" in wanted and MODES_IN_SUITE):
                 job.start()
 
 

@@ -15,7 +15,9 @@ from engine.api import EngineOptions, Reenactor, RunOptions
 from engine.cli import reenact
 from engine.config import modes
 
-pytestmark = pytest.mark.slow
+# FRVD_EXPORT_MODES=turbo: turbo's two graphs (~2 min of export on 2 cores); =1: fast's two more as well
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.environ.get("FRVD_EXPORT_MODES") not in ("1", "turbo"),
+                                                   reason="mode-graph export: set FRVD_EXPORT_MODES=turbo or 1")]
 
 
 def _frames(backend: str, engines: Path | None, mode: str) -> np.ndarray:
