@@ -32,7 +32,7 @@ CLOSE_CODES = {
     1012: "the server is stopping or restarting (sent by uvicorn)",
     1009: "a message over the limit (1 MiB until the key is checked: see engine.serve.admission)",
     1011: "internal server error",
-    1013: "the server is starting: its engines are not loaded yet, retry shortly",
+    1013: "retry shortly: the engines are not loaded yet, or the disk is full",
     4400: "bad message: the first message must be the JSON start message; later text only end or stats",
     4401: "missing or wrong API key (Authorization header or token in the start message)",
     4404: "no uploaded source with that id",

@@ -30,6 +30,7 @@ from engine.runtime import Cancelled
 from engine.serve.admission import Refused, admit, message_type, parse_json
 from engine.serve.context import Context
 from engine.serve.errors import ApiError
+from engine.serve.faults import DISK_FULL, is_disk_full
 from engine.serve.inbox import POLICIES, Inbox, Item
 from engine.serve.options import RUN_FIELDS, parse
 from engine.serve.protocol import close_reason, image_kind, pack_out, unpack_in
@@ -335,9 +336,13 @@ async def stream_endpoint(ws: WebSocket) -> None:
         code, reason = -1, f"client left ({err.code})"
     except EngineError as err:
         code, reason = 4422, str(err)
-    except Exception:  # noqa: BLE001 - one session's failure must not take the server down
-        log.exception("stream failed")
-        code, reason = 1011, "internal server error"
+    except Exception as err:  # noqa: BLE001 - one session's failure must not take the server down
+        if is_disk_full(err):  # an inline source could not be stored: try again later
+            log.warning("stream refused: %s", err)
+            code, reason = 1013, f"{DISK_FULL} on the server; retry later"
+        else:
+            log.exception("stream failed")
+            code, reason = 1011, "internal server error"
     finally:
         if session is not None:
             ctx.sessions.active.pop(session.id, None)
