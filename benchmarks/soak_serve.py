@@ -49,7 +49,7 @@ TERMINAL = ("done", "failed")
 class Soak:
     def __init__(self, args: argparse.Namespace, data: Path, disk: Path | None) -> None:
         self.args, self.data, self.disk = args, data, disk
-        self.server = Server(data, ["--size", "64", "--default-steps", "1", "--max-streams", "2",
+        self.server = Server(data, ["--size", "64", "--default-steps", "1", "--max-streams", "1",
                                     "--max-queue", "1000", "--max-frames", "20", "--max-attempts", "10",
                                     "--idle-timeout", "20"])
         self.lock = threading.Lock()
@@ -66,7 +66,10 @@ class Soak:
 
     # -- the server and its faults ----------------------------------------------------------
     def start_server(self) -> None:
-        self.server.start()
+        try:
+            self.server.start()
+        except TimeoutError:  # a loaded machine: loading the engines can take minutes
+            self.server.wait_ready(900)
         self.rss.append((self.server.rss_mib(), self.server.rss_mib()))
         self.up.set()
 

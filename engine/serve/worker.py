@@ -105,7 +105,8 @@ class JobWorker:
         self.failures += 1
         text = f"{type(err).__name__}: {err}"
         if text != self.last_error:
-            log.error("job worker: %s (job %s); retrying in %.1f s", text, self._job, delay, exc_info=err)
+            log.error("job worker: %s (job %s); retrying in %.1f s", text, self._job, delay,
+                      exc_info=None if is_disk_full(err) else err)
         self.last_error = text
         if self._job is not None:
             self._unsettled, self._job = (self._job, job_error(err)), None
@@ -178,7 +179,8 @@ class JobWorker:
             clean_outputs(folder)
             self._ended(job, "failed", job_error(err) if is_disk_full(err) else _shown(str(err), folder, names))
         except Exception as err:  # noqa: BLE001 - a job's failure must not stop the worker
-            log.error("job %s failed: %s: %s", job.id, type(err).__name__, err, exc_info=err)
+            log.error("job %s failed: %s: %s", job.id, type(err).__name__, err,
+                      exc_info=None if is_disk_full(err) else err)  # a full disk needs no traceback
             clean_outputs(folder)  # nothing half-written stays
             self._ended(job, "failed", job_error(err))
         else:
