@@ -8,7 +8,10 @@ Clients retry what a dead or full server refused (connection errors, 503, 507, 4
 client would. At the end every accepted job must reach an end state:
 
 - **lost**: a job the server accepted (202) that it no longer knows (404) — must be 0;
-- **stuck**: a job still queued/running after the load ended and a grace period — must be 0;
+- **stuck**: a job still queued/running when the server has made no progress (no job finished, no
+  job's stage or frame count moved) for ``--stall`` seconds after the load ended — must be 0
+  (faults stop with the load; jobs still moving when ``--grace`` runs out are reported apart, as
+  ``unfinished_still_moving``: on a loaded machine that is slowness, not a defect);
 - RSS of the server per incarnation (first sample after ready -> last), and p50/p95 latencies
   (job submission -> done; stream frames, server-measured).
 
@@ -62,6 +65,7 @@ class Soak:
         self.kills = 0
         self.disk_events: list[str] = []
         self.stop = threading.Event()
+        self.load_done = threading.Event()  # no more faults once the load has ended
         self.up = threading.Event()
 
     # -- the server and its faults ----------------------------------------------------------
@@ -87,7 +91,7 @@ class Soak:
             if not filled and self.disk is not None and now - t0 > self.args.fill_at:
                 filled = True
                 self.fill_disk()
-            if now >= next_kill:
+            if now >= next_kill and not self.load_done.is_set():
                 self.up.clear()
                 self.server.kill(signal.SIGKILL)
                 self.kills += 1
@@ -178,6 +182,7 @@ class Soak:
             self.check_jobs()
 
     def check_jobs(self) -> dict[str, str]:
+        """-> job id -> "state stage done" for every accepted job not yet seen finished."""
         states: dict[str, str] = {}
         if not self.up.is_set():
             return states
@@ -192,7 +197,7 @@ class Soak:
                 states[job_id] = "lost"
                 continue
             job = r.json()
-            states[job_id] = job["state"]
+            states[job_id] = f"{job['state']} {job['stage']} {job['done']}"
             if job["state"] in TERMINAL:
                 with self.lock:
                     self.finished[job_id] = (job["state"], time.monotonic() - self.accepted[job_id], job["error"])
@@ -210,7 +215,8 @@ def main() -> int:
     p.add_argument("--disk-mb", type=int, default=256, help="size of the tmpfs holding the data folder")
     p.add_argument("--job-gap", type=float, default=1.0, help="seconds between job submissions")
     p.add_argument("--session-gap", type=float, default=5.0, help="seconds between stream sessions")
-    p.add_argument("--grace", type=float, default=240.0, help="seconds after the load for jobs to finish")
+    p.add_argument("--grace", type=float, default=600.0, help="seconds after the load for jobs to finish")
+    p.add_argument("--stall", type=float, default=120.0, help="seconds without progress that make jobs stuck")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "soak_serve.json")
     args = p.parse_args()
     if args.full:
@@ -238,14 +244,25 @@ def main() -> int:
         for t in load:
             t.join()
         load_seconds = time.monotonic() - t0
-        deadline = time.monotonic() + args.grace
+        soak.load_done.set()
+        deadline, moved, last = time.monotonic() + args.grace, time.monotonic(), None
+        stalled = False
         while time.monotonic() < deadline and len(soak.finished) < len(soak.accepted):
-            time.sleep(2)
+            time.sleep(5)
+            if not soak.up.is_set():
+                moved = time.monotonic()  # restarting after the last kill
+                continue
+            snapshot = (len(soak.finished), soak.check_jobs())
+            if snapshot != last:
+                last, moved = snapshot, time.monotonic()
+            elif time.monotonic() - moved > args.stall:
+                stalled = True
+                break
         soak.stop.set()
         for t in threads:
             t.join(timeout=60)
-        soak.up.wait(60)
-        states = soak.check_jobs()
+        soak.up.wait(600)
+        states = {i: s.split()[0] for i, s in soak.check_jobs().items()}
     finally:
         soak.stop.set()
         soak.server.kill(signal.SIGTERM)
@@ -255,7 +272,9 @@ def main() -> int:
         shutil.rmtree(root, ignore_errors=True)
 
     lost = [i for i, s in states.items() if s == "lost"]
-    stuck = [i for i, s in states.items() if s not in TERMINAL and s != "lost"]
+    unfinished = [i for i, s in states.items() if s not in TERMINAL and s != "lost"]
+    stuck = unfinished if stalled else []
+    moving = [] if stalled else unfinished
     done = [v for v in soak.finished.values() if v[0] == "done"]
     failed = [v for v in soak.finished.values() if v[0] == "failed"]
     reasons: dict[str, int] = {}
@@ -273,7 +292,7 @@ def main() -> int:
         "faults": {"sigkills": soak.kills, "disk": soak.disk_events},
         "jobs": {"accepted": len(soak.accepted), "done": len(done), "failed": len(failed),
                  "failed_reasons": reasons, "lost": len(lost), "stuck": len(stuck), "lost_ids": lost,
-                 "stuck_ids": stuck, "refusals_retried": soak.refusals},
+                 "stuck_ids": stuck, "unfinished_still_moving": len(moving), "refusals_retried": soak.refusals},
         "sessions": soak.sessions,
         "latency": {"job_p50_s": round(float(np.percentile(job_lat, 50)), 2),
                     "job_p95_s": round(float(np.percentile(job_lat, 95)), 2),
