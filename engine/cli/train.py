@@ -54,6 +54,10 @@ def parser() -> Parser:
     p.add_argument("--val-clip", type=Path, default=None)
     p.add_argument("--val-steps", type=positive_int, default=4)
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--ray", type=positive_int, default=None, metavar="N",
+                   help="N data-parallel workers on Ray Train (engine.train.ray_train; docs/scale-out.md)")
+    p.add_argument("--ray-address", default=None, help="with --ray: a running Ray cluster (default: a local one)")
+    p.add_argument("--ray-gpu", action="store_true", help="with --ray: one GPU per worker (nccl)")
     return p
 
 
@@ -89,6 +93,14 @@ def main(argv: list[str] | None = None) -> int:
             log_every=args.log_every, validate_every=args.validate_every, val_clip=args.val_clip,
             val_steps=args.val_steps,
         )
+        if args.ray:
+            from engine.train.ray_train import fit
+
+            losses = fit(cfg, args.ray, use_gpu=args.ray_gpu, cpus_per_worker=args.threads or 1,
+                         address=args.ray_address)
+            print(f"train: {len(losses)} steps on {args.ray} Ray Train workers, last loss {losses[-1]:.5f} "
+                  f"-> {args.out}")
+            return 0
         result = train_loop(cfg, stop)
     except EngineError as err:
         if created and args.out.exists():

@@ -59,6 +59,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="an uploaded source unused this long is removed (0: never)")
     p.add_argument("--max-sources", type=positive_int, default=100, help="uploaded sources kept at once")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    p.add_argument("--ray", type=positive_int, default=None, metavar="N",
+                   help="run N replicas behind Ray Serve (engine.serve.ray_serve; docs/scale-out.md)")
+    p.add_argument("--ray-address", default=None, help="with --ray: a running Ray cluster (default: a local one)")
+    p.add_argument("--ray-cpus", type=finite_float(0, lo_open=True), default=1.0, help="with --ray: CPUs per replica")
+    p.add_argument("--ray-gpus", type=finite_float(0), default=0.0, help="with --ray: GPUs per replica")
     args = p.parse_args(argv)
     if args.preset == "official" and args.weights is None:
         p.error("--preset official needs --weights DIR (the release's pretrained_weights/ folder)")
@@ -110,12 +115,17 @@ def main(argv: list[str] | None = None) -> int:
     except EngineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.ray:
+        from engine.serve.ray_serve import run
+
+        run(config, args.ray, args.host, args.port, args.ray_address, args.ray_cpus, args.ray_gpus)
+        return 0
     import uvicorn
 
     from engine.serve.app import create_app
     from engine.serve.protocols import protocols
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if config.api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         logging.getLogger("engine.serve").warning("binding %s without --api-key: anyone who can reach it can use it",
                                                   args.host)
