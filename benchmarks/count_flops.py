@@ -6,8 +6,8 @@ multiplied by how often ``ReenactPipeline`` calls each network for a clip of N f
 compute floors on reference GPUs.
 
     python benchmarks/count_flops.py [--preset official] [--frames 100] [--size 512] [--json out.json]
-        [--mode exact|fast|turbo] [--steps N] [--sampler S] [--schedule S] [--guidance-mode G]
-        [--wfm-every K] [--overlap N] [--kv-downsample 1|2] [--stream]
+        [--mode exact|fast|turbo|ultra] [--steps N] [--sampler S] [--schedule S] [--guidance-mode G]
+        [--wfm-every K] [--overlap N] [--kv-downsample 1|2] [--decoder full|tiny] [--stream]
 
 A mode (engine.config.modes) fixes how often each denoiser graph runs: CFG pairs or conditional rows only
 (guidance strategy), the WFM at every evaluation or every k-th (WFM reuse), the solver's number of
@@ -42,6 +42,7 @@ from engine.config import modes, presets
 from engine.config.settings import SVD_XT_SCHEDULER, ModelConfig, SamplerConfig, WindowConfig
 from engine.diffusion import sampling
 from engine.diffusion.windows import window_indices
+from engine.distill import taesd
 from engine.kernels.grid_sample import grid_sample_impl
 from engine.models.approx import kv_downsample, pooled_tokens
 from engine.models.liveportrait.motion_branch import INPUT_SIZE as LIVEPORTRAIT_SIZE  # F and M run at 256x256
@@ -224,6 +225,9 @@ def measure(model: ModelConfig, nets: Networks, shapes: Shapes, kv: int = 1) -> 
         per_call["vae_encoder"] = c.total
         c, _ = count_flops(lambda: vae.decode(torch.empty(1, vae.config.latent_channels, h, h)).sample)
         per_call["vae_decoder"] = c.total
+        tiny = taesd.build(vae.config.latent_channels, taesd.width_for(model.vae))
+        c, _ = count_flops(lambda: tiny(torch.empty(1, vae.config.latent_channels, h, h)))
+        per_call["tiny_decoder"] = c.total
         c, _ = count_flops(lambda: nets.image_encoder(torch.empty(1, 3, CLIP_SIZE, CLIP_SIZE)).image_embeds)
         per_call["clip_image_encoder"] = c.total
     return out
@@ -280,6 +284,7 @@ UNITS = {
     "unet_cond": "window call, conditional row only: window frames",
     "vae_encoder": "source image",
     "vae_decoder": "frame",
+    "tiny_decoder": "frame (TAESD, engine.distill.taesd)",
     "clip_image_encoder": "source image (224x224)",
 }
 
@@ -321,7 +326,8 @@ def calls_per_video(frames: int, knobs: modes.Knobs, window: int = WindowConfig(
         "head_net": padded,
         **{name: n * n_windows for name, n in per_window.items()},
         "vae_encoder": 1,
-        "vae_decoder": padded,
+        "vae_decoder": padded if knobs.decoder == "full" else 0,
+        "tiny_decoder": padded if knobs.decoder == "tiny" else 0,
         "clip_image_encoder": 1,
     }
 
@@ -514,6 +520,7 @@ def knob_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wfm-every", type=int, default=None)
     p.add_argument("--overlap", type=int, default=None)
     p.add_argument("--kv-downsample", type=int, choices=modes.KV_FACTORS, default=None)
+    p.add_argument("--decoder", choices=modes.DECODERS, default=None, help="full VAE decoder or tiny (TAESD)")
 
 
 def knobs_from(args: argparse.Namespace) -> modes.Knobs:

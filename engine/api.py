@@ -33,6 +33,9 @@ import torch
 from engine.backends import BACKENDS, Backend, create_backend
 from engine.config import modes, presets
 from engine.config.settings import SEED_MAX, RunConfig, WindowConfig
+from engine.distill import taesd
+from engine.distill.student import StudentInfo, check_run
+from engine.distill.student import load_into as load_student
 from engine.errors import EngineError, InputError, lazy_import
 from engine.face.align import METHODS as ALIGN_METHODS
 from engine.face.align import CropTransform, PasteBack, crop_transform
@@ -68,6 +71,8 @@ class EngineOptions:
     init_seed: int = 0  # seeded weights of presets without a checkpoint (tiny)
     tf32: bool = False  # float32 matmuls/convolutions on TF32 tensor cores (CUDA; process-wide torch flags)
     vae_fp32: bool = False  # float16/bfloat16 runs: keep the VAE in float32 (SVD's force_upcast; torch backend)
+    student: Path | None = None  # a distilled student (engine.distill): replaces the denoiser and HeadNet
+    tiny_decoder: Path | None = None  # TAESD decoder weights (engine.distill.taesd): the ``decoder="tiny"`` knob
 
     def check(self) -> None:
         if self.size is not None and (self.size < 64 or self.size % 64):
@@ -83,6 +88,8 @@ class EngineOptions:
         if self.vae_fp32 and self.backend != "torch":
             raise InputError("vae_fp32 keeps the torch VAE in float32: it applies to the torch backend only "
                              "(exported fp16 VAE graphs already run their normalisations in float32)")
+        if self.backend != "torch" and (self.student or self.tiny_decoder):
+            raise InputError("a student or tiny decoder runs on the torch backend only (not yet in built graphs)")
 
 
 @dataclass(frozen=True)
@@ -91,7 +98,7 @@ class RunOptions:
     turbo); every knob given here overrides the mode's value. None means the mode's value (for
     ``exact``, the engine's default: the release's)."""
 
-    mode: str = "exact"  # exact (the release) | fast (<= 56 TFLOP/frame at 512^2) | turbo (<= 18)
+    mode: str = "exact"  # exact (the release) | fast (<= 56 TFLOP/frame at 512^2) | turbo (<= 18) | ultra (<= 3.3)
     steps: int | None = None  # denoising steps (release: 25)
     guidance: float | None = None  # CFG scale (release: 2.5)
     sampler: str | None = None  # euler (release) | heun | dpmpp_2m | ddim
@@ -100,6 +107,7 @@ class RunOptions:
     wfm_every: int | None = None  # the WFM every k-th evaluation, reused in between
     overlap: int | None = None  # window overlap (release: 6)
     kv_downsample: int | None = None  # 2: 2x2-pooled keys/values in the WFM's full attentions
+    decoder: str | None = None  # full | tiny (the engine's TAESD decoder)
     seed: int = 0  # the run's noise draws
     relative_motion: bool = True  # False: self-reenactment (absolute driving motion)
 
@@ -148,8 +156,10 @@ class Reenactor:
     """One engine (networks on a backend) and its cached sources. Build with ``from_preset`` /
     ``from_pretrained``; release with ``close()`` or a ``with`` block."""
 
-    def __init__(self, backend: Backend, cfg: RunConfig, preset: str, weights_dir: Path | None = None) -> None:
+    def __init__(self, backend: Backend, cfg: RunConfig, preset: str, weights_dir: Path | None = None,
+                 student: StudentInfo | None = None) -> None:
         self.backend, self.cfg, self.preset, self.weights_dir = backend, cfg, preset, weights_dir
+        self.student = student  # the distilled student the denoiser carries, if any
         self.stages = Stages.build(backend, cfg)
         self._sources: OrderedDict[str, SourceHandle] = OrderedDict()
         # a plain lock, not reentrant: a stream's lock is released by close(), from whichever thread
@@ -171,12 +181,16 @@ class Reenactor:
             set_tf32(opts.tf32)
         if opts.backend == "torch":
             model, sampler, nets = networks.load_preset(preset, weights_dir, opts.init_seed, opts.time_context)
+            if opts.tiny_decoder is not None:
+                nets.tiny_decoder = taesd.load(opts.tiny_decoder, int(model.vae.get("latent_channels", 4)),
+                                               taesd.width_for(model.vae))
+            student = load_student(nets, opts.student) if opts.student is not None else None
             nets.to(opts.device, getattr(torch, opts.dtype))
             if opts.vae_fp32:
                 nets.vae.to(torch.float32)  # the torch backend casts its inputs to the module's dtype
         else:
             model, sampler = networks.preset_configs(preset, weights_dir)
-            nets = None
+            nets, student = None, None
         cfg = RunConfig(
             model=model,
             sampler=replace(sampler, time_context=opts.time_context),
@@ -186,7 +200,7 @@ class Reenactor:
             device=opts.device,
         )
         backend = create_backend(opts.backend, cfg, nets=nets, engines=opts.engines)
-        return cls(backend, cfg, preset, weights_dir)
+        return cls(backend, cfg, preset, weights_dir, student)
 
     @classmethod
     def from_pretrained(cls, weights: str | Path, options: EngineOptions | None = None,
@@ -263,8 +277,15 @@ class Reenactor:
         knobs = modes.resolve(options.mode, modes.Knobs.of(self.cfg), **options.knobs())
         cfg = knobs.apply(self.cfg, options.mode)
         cfg = replace(cfg, sampler=replace(cfg.sampler, min_guidance=guidance, max_guidance=guidance))
+        self._check_distilled(cfg)
         self._check_graphs(cfg)
         return replace(cfg, seed=options.seed, relative_motion=options.relative_motion)
+
+    def _check_distilled(self, cfg: RunConfig) -> None:
+        try:
+            check_run(cfg, self.student, "tiny_decoder" in self.backend)
+        except ValueError as err:
+            raise InputError(str(err)) from None
 
     def _check_graphs(self, cfg: RunConfig) -> None:
         """A mode on a backend without the graphs it needs is one clear error before anything runs."""

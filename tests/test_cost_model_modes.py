@@ -52,10 +52,14 @@ def test_predicted_flops_equal_counted_flops(engine: Reenactor, clip: np.ndarray
 
 
 def test_named_modes_meet_their_budgets_at_512() -> None:
-    """fast <= 56, turbo <= 18 TFLOP per output frame at 512^2, 100 frames (counted on meta)."""
+    """fast <= 56, turbo <= 18, ultra <= 3.3 (a 4090's real-time budget) TFLOP per output frame at 512^2,
+    100 frames (counted on meta), offline and streaming."""
     per_frame = {m: cf.cost_model("official", 100, 512, knobs=modes.MODES[m])["per_frame"] / 1e12
-                 for m in ("fast", "turbo")}
+                 for m in ("fast", "turbo", "ultra")}
+    per_frame["ultra stream"] = cf.cost_model("official", 100, 512, knobs=modes.MODES["ultra"],
+                                              stream=True)["per_frame"] / 1e12
     assert per_frame["fast"] <= 56 and per_frame["turbo"] <= 18, per_frame
+    assert per_frame["ultra"] <= 3.3 and per_frame["ultra stream"] <= 3.3, per_frame
 
 
 def test_stream_windows_are_counted_from_the_causal_plan() -> None:

@@ -46,8 +46,8 @@ def test_json_written_and_complete(tiny_report: tuple[dict[str, Any], Path]) -> 
     assert path.is_file()
     for key in ("networks", "per_window_step", "per_video", "per_frame", "share", "floor_seconds", "release_reported"):
         assert key in report
-    # networks a mode never calls are left out (exact: no conditional-only calls)
-    assert set(cf.UNITS) - set(report["networks"]) == {"wfm_cond", "unet_cond"}
+    # networks a mode never calls are left out (exact: no conditional-only calls, the full VAE decoder)
+    assert set(cf.UNITS) - set(report["networks"]) == {"wfm_cond", "unet_cond", "tiny_decoder"}
 
 
 def test_every_network_has_flops(tiny_report: tuple[dict[str, Any], Path]) -> None:

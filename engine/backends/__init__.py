@@ -16,12 +16,14 @@ BACKENDS = ("torch", "onnxruntime", "tensorrt")
 __all__ = ["BACKENDS", "Backend", "BackendError", "GraphRunner", "create_backend", "torch_specs"]
 
 
-def torch_specs(model: Any, size: int, window: int, time_context: str) -> dict:
+def torch_specs(model: Any, size: int, window: int, time_context: str, nets: Any = None) -> dict:
     from engine.graphs.modules import ALL_GRAPH_NAMES, GraphOptions, build_specs
 
-    # eager modules cost nothing until called: the fast modes' graphs are always there
+    # eager modules cost nothing until called: the fast modes' graphs are always there; the tiny
+    # decoder's when the networks carry one
     opts = GraphOptions(image_size=size, window=window, time_context=time_context)
-    return build_specs(model, opts, ALL_GRAPH_NAMES)
+    optional = ("tiny_decoder",) if getattr(nets, "tiny_decoder", None) is not None else ()
+    return build_specs(model, opts, ALL_GRAPH_NAMES + optional)
 
 
 def precision_for_dtype(kind: str, dtype: str) -> str:
@@ -47,7 +49,7 @@ def create_backend(kind: str, cfg: Any, nets: Any = None, engines: Path | None =
                 f"the networks were built with time context {nets.time_context!r} but the run asks for "
                 f"{cfg.sampler.time_context!r}; build them with the run's setting"
             )
-        specs = torch_specs(cfg.model, cfg.size, cfg.windows.size, cfg.sampler.time_context)
+        specs = torch_specs(cfg.model, cfg.size, cfg.windows.size, cfg.sampler.time_context, nets)
         return TorchBackend(nets, specs)
     if kind not in BACKENDS:
         raise BackendError(f"unknown backend {kind!r}; choose one of {BACKENDS}")

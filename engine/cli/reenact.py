@@ -18,7 +18,7 @@ import torch
 
 from engine.cli.args import Parser, existing_dir, finite_float, int_in, positive_int, seed_int
 from engine.cli.progress import PROGRESS_MODES, make_progress
-from engine.config.modes import KNOB_NAMES, KV_FACTORS, MODES, resolve
+from engine.config.modes import DECODERS, KNOB_NAMES, KV_FACTORS, MODES, resolve
 from engine.diffusion.guidance import Guidance
 from engine.diffusion.sampling import SAMPLERS, SCHEDULES
 from engine.errors import EngineError, InputError
@@ -48,7 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", type=int_in(64, multiple_of=64), default=None,
                    help="output side in pixels, a multiple of 64 (default: the preset's)")
     p.add_argument("--mode", choices=sorted(MODES), default="exact",
-                   help="exact = the release; fast <= 56, turbo <= 18 TFLOP/frame at 512^2 (docs/modes.md); "
+                   help="exact = the release; fast <= 56, turbo <= 18, ultra <= 3.3 TFLOP/frame at 512^2 "
+                        "(docs/modes.md; ultra needs --student and --tiny-decoder); "
                         "every knob below given explicitly overrides the mode's value")
     p.add_argument("--steps", type=positive_int, default=None, help="denoising steps (exact: the release's 25)")
     p.add_argument("--guidance", type=finite_float(), default=2.5, help="classifier-free guidance scale")
@@ -62,6 +63,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--overlap", type=int_in(1, 13), default=None, help="window overlap in frames (exact: 6)")
     p.add_argument("--kv-downsample", type=int, choices=KV_FACTORS, default=None,
                    help="2: 2x2-pooled keys/values in the WFM's full attentions, 4x less attention (torch only)")
+    p.add_argument("--decoder", choices=DECODERS, default=None,
+                   help="tiny: the TAESD decoder given by --tiny-decoder (ultra: tiny; others: full)")
+    p.add_argument("--student", type=Path, default=None,
+                   help="a distilled student (python -m engine.distill): replaces the denoiser; runs the "
+                        "distilled sampler (mode ultra, or --sampler distilled)")
+    p.add_argument("--tiny-decoder", type=Path, default=None,
+                   help="TAESD decoder weights (diffusers AutoencoderTiny, taesd_decoder.pth, or engine.distill's)")
     p.add_argument("--seed", type=seed_int, default=0, help="the run's noise draws")
     p.add_argument("--time-context", choices=["release", "fixed"], default="release",
                    help="temporal-context layout: the release's (diffusers 0.27.2) or PR #7268's")
@@ -143,7 +151,7 @@ def run(args: argparse.Namespace) -> str:
         args.preset,
         EngineOptions(size=args.size, device=args.device, dtype=args.dtype, backend=args.backend,
                       engines=args.engines, time_context=args.time_context, window_batch=args.window_batch,
-                      tf32=args.tf32),
+                      tf32=args.tf32, student=args.student, tiny_decoder=args.tiny_decoder),
         weights=args.weights,
     )
     options = RunOptions(mode=args.mode, guidance=args.guidance, seed=args.seed,

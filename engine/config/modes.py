@@ -4,6 +4,8 @@
             step, windows overlapping by 6, exact attention. The default; reproduces the fixtures.
     fast    <= 56 TFLOP per output frame at 512^2 (>= 4x less than exact)
     turbo   <= 18 TFLOP per output frame at 512^2 (>= 12x less than exact)
+    ultra   <= 3.3 TFLOP per output frame at 512^2 (a 4090's real-time budget): a distilled student
+            and the tiny VAE decoder, both given to the engine (docs/distillation.md)
 
 Every knob can be given on its own and then overrides the mode's value (``resolve``). The work
 each mode does is counted by ``benchmarks/count_flops.py --mode NAME``, its drift from exact
@@ -24,7 +26,8 @@ from engine.config.settings import RunConfig, SamplerConfig, WindowConfig
 from engine.diffusion import sampling
 from engine.diffusion.guidance import Guidance
 
-KV_FACTORS = (1, 2)  # 2: keys/values of the WFM's full attentions averaged over 2x2 pixels
+KV_FACTORS = (1, 2)
+DECODERS = ("full", "tiny")  # 2: keys/values of the WFM's full attentions averaged over 2x2 pixels
 _S, _W = SamplerConfig(), WindowConfig()  # the release's values are defined once, there
 
 
@@ -39,19 +42,21 @@ class Knobs:
     wfm_every: int = _S.wfm_every  # run the WFM at every k-th model evaluation, reuse its outputs in between
     overlap: int = _W.overlap  # frames shared by consecutive windows (frame 0 is in every window besides)
     kv_downsample: int = 1  # 2: 2x2 average of keys/values in the WFM's full attentions (4x less attention)
+    decoder: str = "full"  # full (the VAE's) | tiny (TAESD, engine.distill.taesd: the engine needs one)
 
     @classmethod
     def of(cls, cfg: RunConfig) -> Knobs:
         """The knobs a run configuration holds."""
         s = cfg.sampler
-        return cls(s.sampler, s.schedule, s.steps, s.guidance_mode, s.wfm_every, cfg.windows.overlap, cfg.kv_downsample)
+        return cls(s.sampler, s.schedule, s.steps, s.guidance_mode, s.wfm_every, cfg.windows.overlap, cfg.kv_downsample,
+                   cfg.decoder)
 
     def apply(self, cfg: RunConfig, mode: str) -> RunConfig:
         """``cfg`` running with these knobs (recorded as ``mode``)."""
         sampler = replace(cfg.sampler, sampler=self.sampler, schedule=self.schedule, steps=self.steps,
                           guidance_mode=self.guidance_mode, wfm_every=self.wfm_every)
         return replace(cfg, sampler=sampler, windows=replace(cfg.windows, overlap=self.overlap),
-                       kv_downsample=self.kv_downsample, mode=mode)
+                       kv_downsample=self.kv_downsample, decoder=self.decoder, mode=mode)
 
     def check(self) -> None:
         if self.sampler not in sampling.SAMPLERS:
@@ -67,6 +72,8 @@ class Knobs:
             raise ValueError("overlap must be >= 1 (consecutive windows must share a frame to blend)")
         if self.kv_downsample not in KV_FACTORS:
             raise ValueError(f"kv_downsample must be one of {KV_FACTORS}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}")
 
     @property
     def schedule_name(self) -> str:
@@ -80,6 +87,9 @@ MODES: dict[str, Knobs] = {
     "fast": Knobs(sampler="dpmpp_2m", schedule="release", steps=10, guidance_mode="first:5", wfm_every=2),
     # 4 steps, no CFG, the WFM on every 2nd evaluation, windows overlapping by 2 (9 instead of 12 per 100 frames)
     "turbo": Knobs(sampler="dpmpp_2m", schedule="release", steps=4, guidance_mode="none", wfm_every=2, overlap=2),
+    # <= 3.3 TFLOP/frame: a 1-step distilled student (CFG baked in), windows overlapping by 1, pooled keys/values,
+    # the tiny VAE decoder; the engine needs a student and a tiny decoder (docs/distillation.md)
+    "ultra": Knobs(sampler="distilled", steps=1, guidance_mode="none", overlap=1, kv_downsample=2, decoder="tiny"),
 }
 KNOB_NAMES = tuple(f.name for f in fields(Knobs))
 
@@ -103,10 +113,11 @@ def required_graphs(cfg: RunConfig) -> list[str]:
     s = cfg.sampler
     sigmas = sampling.make_schedule(s.sampler, s.steps, s.scheduler, s.schedule).sigmas
     plan = eval_plan(s.sampler, sigmas, s.guidance_mode, s.wfm_every)
+    decoder = ["tiny_decoder"] if cfg.decoder == "tiny" else []
     if s.wfm_every == 1:
-        return ["denoiser"]
+        return ["denoiser", *decoder]
     names = ["wfm", "unet"] if any(e.cfg for e in plan) else []
-    return names + (["wfm_cond", "unet_cond"] if not all(e.cfg for e in plan) else [])
+    return names + (["wfm_cond", "unet_cond"] if not all(e.cfg for e in plan) else []) + decoder
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.config.settings import DECODE_CHUNK, MOTION_CHUNK, ModelConfig
+from engine.distill.taesd import TAESD, width_for
 from engine.graphs.mode_modules import DOWN_RESIDUALS, DenoiserCondGraph, UnetGraph, WfmGraph
 from engine.graphs.spec import Dim, GraphSpec, TensorSpec, random_tensor
 from engine.models.liveportrait.keypoints import refine_kp_info
@@ -39,6 +40,8 @@ GRAPH_NAMES = ("appearance", "motion", "warp", "denoiser", "vae_encoder", "vae_d
 # (WFM reuse across steps), and conditional-only variants whose batch is one row per window (no CFG pair)
 MODE_GRAPH_NAMES = ("wfm", "unet", "denoiser_cond", "wfm_cond", "unet_cond")
 ALL_GRAPH_NAMES = GRAPH_NAMES + MODE_GRAPH_NAMES
+# graphs of networks an engine has only when given (engine.distill.taesd: the tiny VAE decoder)
+OPTIONAL_GRAPH_NAMES = ("tiny_decoder",)
 GRID_SAMPLE_FORMS = ("onnx20", "custom", "decomposed")
 
 
@@ -181,6 +184,15 @@ class VaeDecoderGraph(nn.Module):
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(latents).sample
+
+
+class TinyDecoderGraph(nn.Module):
+    def __init__(self, nets: Any) -> None:
+        super().__init__()
+        self.decoder = nets.tiny_decoder
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.decoder(latents)
 
 
 class ImageEncoderGraph(nn.Module):
@@ -454,6 +466,17 @@ def build_specs(model: ModelConfig, opts: GraphOptions, names: tuple[str, ...] =
             config={"vae": _hash(model.vae)},
         ),
         GraphSpec(
+            name="tiny_decoder",
+            doc="TAESD decoder (engine.distill.taesd): the sampler's scaled latents -> frames in [-1, 1]",
+            inputs=(TensorSpec("latents", ("frames", lat_ch, latent, latent)),),
+            outputs=(TensorSpec("image", ("frames", 3, size, size)),),
+            dims=(Dim("frames", 1, 1, opts.max_decode),),
+            factory=TinyDecoderGraph,
+            sample=_normal(1.0),
+            slots=(),
+            config={"taesd": _hash(dict(TAESD, width=width_for(model.vae)))},
+        ),
+        GraphSpec(
             name="image_encoder",
             doc="CLIP vision tower + projection: normalised 224^2 pixels -> image embedding",
             inputs=(TensorSpec("pixel_values", (1, 3, int(clip["image_size"]), int(clip["image_size"]))),),
@@ -468,7 +491,7 @@ def build_specs(model: ModelConfig, opts: GraphOptions, names: tuple[str, ...] =
     specs += _mode_specs(model, opts, next(s for s in specs if s.name == "denoiser"))
     unknown = sorted(set(names) - {s.name for s in specs})
     if unknown:
-        raise ValueError(f"unknown graphs {unknown}; choose from {list(ALL_GRAPH_NAMES)}")
+        raise ValueError(f"unknown graphs {unknown}; choose from {list(ALL_GRAPH_NAMES + OPTIONAL_GRAPH_NAMES)}")
     return {s.name: s for s in specs if s.name in names}
 
 

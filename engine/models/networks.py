@@ -36,15 +36,17 @@ class Networks:
     denoiser: Denoiser  # WFM + UNet + infofill
     vae: AutoencoderKL
     image_encoder: CLIPVisionModelWithProjection
+    tiny_decoder: nn.Module | None = None  # TAESD (engine.distill.taesd), when the engine was given one
 
     def modules(self) -> dict[str, nn.Module]:
-        return {
+        mods = {
             "motion": self.motion,
             "head_net": self.head_net,
             "denoiser": self.denoiser,
             "vae": self.vae,
             "image_encoder": self.image_encoder,
         }
+        return mods if self.tiny_decoder is None else {**mods, "tiny_decoder": self.tiny_decoder}
 
     def slots(self) -> dict[str, nn.Module]:
         """The module each checkpoint file of the release fills (``weights.LAYOUT`` names)."""

@@ -164,7 +164,7 @@ class ExactRun:
         per_call = self.stages.decode.per_call
         for start in range(0, n, per_call):
             with self.timer("decode"):
-                frames = self.stages.decode(latents[start : min(start + per_call, n)])
+                frames = self.stages.decode(latents[start : min(start + per_call, n)], tiny=self.cfg.decoder == "tiny")
             self.control.report("decode", min(start + per_call, n), n)
             yield frames
 

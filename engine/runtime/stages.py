@@ -323,12 +323,14 @@ class DecodeStage:
         self.per_call = min(DECODE_CHUNK, backend.max_dim("vae_decoder", "frames") or DECODE_CHUNK)
 
     @torch.no_grad()
-    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
-        """[n, 4, h, w] -> float32 [n, 3, H, W] in [0, 1] on the host."""
-        z = (self.scale * latents).to(self.backend.device, self.dtype)
+    def __call__(self, latents: torch.Tensor, tiny: bool = False) -> torch.Tensor:
+        """[n, 4, h, w] -> float32 [n, 3, H, W] in [0, 1] on the host. ``tiny``: the TAESD decoder,
+        which reads the sampler's latents as they are (the full decoder's get 1 / scaling_factor)."""
+        graph = "tiny_decoder" if tiny else "vae_decoder"
+        z = (latents if tiny else self.scale * latents).to(self.backend.device, self.dtype)
         frames = []
         for i in range(0, z.shape[0], self.per_call):
-            image = self.backend.run("vae_decoder", latents=z[i : i + self.per_call])["image"]
+            image = self.backend.run(graph, latents=z[i : i + self.per_call])["image"]
             # non_blocking: on a GPU the copy is queued behind the decoder and the next launch is not held
             frames.append(image.to("cpu", torch.float32, non_blocking=True))
         if self.backend.device.type == "cuda":

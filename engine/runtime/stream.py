@@ -250,7 +250,7 @@ class StreamRunner:
                 return
             indices, latents = item
             with self.timer("decode"):
-                frames = to_uint8(self.stages.decode(latents))
+                frames = to_uint8(self.stages.decode(latents, tiny=self.cfg.decoder == "tiny"))
             now = time.perf_counter()
             for index, frame in zip(indices, frames, strict=True):
                 with self._times_lock:

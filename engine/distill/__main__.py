@@ -1,0 +1,7 @@
+"""``python -m engine.distill``: see ``engine.cli.distill``."""
+
+import sys
+
+from engine.cli.distill import main
+
+sys.exit(main())
