@@ -42,8 +42,8 @@ from engine.config import modes, presets
 from engine.config.settings import SVD_XT_SCHEDULER, ModelConfig, SamplerConfig, WindowConfig
 from engine.diffusion import sampling
 from engine.diffusion.windows import window_indices
-from engine.distill import taesd
 from engine.kernels.grid_sample import grid_sample_impl
+from engine.models import taesd
 from engine.models.approx import kv_downsample, pooled_tokens
 from engine.models.liveportrait.motion_branch import INPUT_SIZE as LIVEPORTRAIT_SIZE  # F and M run at 256x256
 from engine.models.networks import Networks, build_networks
@@ -284,7 +284,7 @@ UNITS = {
     "unet_cond": "window call, conditional row only: window frames",
     "vae_encoder": "source image",
     "vae_decoder": "frame",
-    "tiny_decoder": "frame (TAESD, engine.distill.taesd)",
+    "tiny_decoder": "frame (TAESD, engine.models.taesd)",
     "clip_image_encoder": "source image (224x224)",
 }
 

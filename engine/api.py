@@ -33,16 +33,15 @@ import torch
 from engine.backends import BACKENDS, Backend, create_backend
 from engine.config import modes, presets
 from engine.config.settings import SEED_MAX, RunConfig, WindowConfig
-from engine.distill import taesd
-from engine.distill.student import StudentInfo, check_run
-from engine.distill.student import load_into as load_student
 from engine.errors import EngineError, InputError, lazy_import
 from engine.face.align import METHODS as ALIGN_METHODS
 from engine.face.align import CropTransform, PasteBack, crop_transform
 from engine.face.align import crop as crop_image
 from engine.io import check_output_path, fit_square, iter_video_frames, load_image, probe_video, read_rgb, write_video
 from engine.io.image import side_by_side
-from engine.models import networks
+from engine.models import networks, taesd
+from engine.models.student import StudentInfo, check_run
+from engine.models.student import load_into as load_student
 from engine.runtime import ExactRun, Noise, RunControl, StageTimer, StreamFrame, StreamRunner
 from engine.runtime.control import prefetch
 from engine.runtime.stages import SourceFeatures, Stages
@@ -72,7 +71,7 @@ class EngineOptions:
     tf32: bool = False  # float32 matmuls/convolutions on TF32 tensor cores (CUDA; process-wide torch flags)
     vae_fp32: bool = False  # float16/bfloat16 runs: keep the VAE in float32 (SVD's force_upcast; torch backend)
     student: Path | None = None  # a distilled student (engine.distill): replaces the denoiser and HeadNet
-    tiny_decoder: Path | None = None  # TAESD decoder weights (engine.distill.taesd): the ``decoder="tiny"`` knob
+    tiny_decoder: Path | None = None  # TAESD decoder weights (engine.models.taesd): the ``decoder="tiny"`` knob
 
     def check(self) -> None:
         if self.size is not None and (self.size < 64 or self.size % 64):

@@ -26,6 +26,7 @@ def _gaussian() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("k", [1, 2, 4])
+@torch.enable_grad()  # an in-process CLI test may have switched gradients off process-wide
 def test_student_lands_on_ode_endpoint(k: int) -> None:
     cov, mu = _gaussian()
     eye = torch.eye(D, dtype=F64)

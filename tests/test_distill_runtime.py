@@ -14,10 +14,10 @@ import torch
 from engine.api import EngineOptions, Reenactor, RunOptions
 from engine.cli import distill as distill_cli
 from engine.cli import reenact as reenact_cli
-from engine.distill import frvd, student, taesd
+from engine.distill import frvd
 from engine.errors import InputError, WeightsError
 from engine.io import read_video
-from engine.models import networks
+from engine.models import networks, student, taesd
 
 ASSETS = Path(__file__).resolve().parents[1] / "engine" / "assets"
 SIZE = 64

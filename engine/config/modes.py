@@ -42,7 +42,7 @@ class Knobs:
     wfm_every: int = _S.wfm_every  # run the WFM at every k-th model evaluation, reuse its outputs in between
     overlap: int = _W.overlap  # frames shared by consecutive windows (frame 0 is in every window besides)
     kv_downsample: int = 1  # 2: 2x2 average of keys/values in the WFM's full attentions (4x less attention)
-    decoder: str = "full"  # full (the VAE's) | tiny (TAESD, engine.distill.taesd: the engine needs one)
+    decoder: str = "full"  # full (the VAE's) | tiny (TAESD, engine.models.taesd: the engine needs one)
 
     @classmethod
     def of(cls, cfg: RunConfig) -> Knobs:

@@ -105,7 +105,7 @@ class RunConfig:
     device: str = "cpu"
     mode: str = "exact"  # the named mode the knobs came from (engine.config.modes); recorded, never read back
     kv_downsample: int = 1  # 2: 2x2-averaged keys/values in the WFM's full attentions (an approximation)
-    decoder: str = "full"  # "tiny": the TAESD decoder (engine.distill.taesd) instead of the VAE's
+    decoder: str = "full"  # "tiny": the TAESD decoder (engine.models.taesd) instead of the VAE's
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

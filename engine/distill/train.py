@@ -1,5 +1,5 @@
 """The two distillation loops behind ``python -m engine.distill``, with checkpoint/resume and a JSON-lines
-log: ``student`` (engine.distill.frvd) and ``vae-decoder`` (engine.distill.taesd, regression on the engine's
+log: ``student`` (engine.distill.frvd) and ``vae-decoder`` (engine.models.taesd, regression on the engine's
 own VAE decoder over latents of face clips).
 
 A checkpoint (``checkpoint.pt``: iteration, trainable weights, optimiser, RNG) is written to a temporary
@@ -94,8 +94,8 @@ def vae_latents(engine, frames_u8: np.ndarray, chunk: int = 8) -> tuple[torch.Te
 
 def distil_vae_decoder(engine, train: np.ndarray, held: np.ndarray, out: Path, iters: int, batch: int, lr: float,
                        resume: bool, save_every: int, log: Callable[[str], None] = print) -> dict[str, Any]:
-    from engine.distill import taesd
     from engine.distill.frvd import psnr_u8
+    from engine.models import taesd
 
     vae = engine.cfg.model.vae
     width = taesd.width_for(vae)
@@ -139,8 +139,8 @@ def distil_student(teacher, student, examples: list, holdout: list, k: int, kv: 
     """Train ``student`` (an engine built like ``teacher``: initialised from it) for K steps; write
     ``student.safetensors`` and return the held-out drift table (engine.distill.frvd.drift_rows)."""
     from engine.distill import frvd
-    from engine.distill import student as student_file
     from engine.graphs.mode_modules import DenoiserCondGraph
+    from engine.models import student as student_file
 
     cfg = frvd.knob_cfg(student, "exact", sampler="distilled", steps=k, guidance_mode="none", kv_downsample=kv)
     trajectories = []

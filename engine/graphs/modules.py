@@ -29,18 +29,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.config.settings import DECODE_CHUNK, MOTION_CHUNK, ModelConfig
-from engine.distill.taesd import TAESD, width_for
 from engine.graphs.mode_modules import DOWN_RESIDUALS, DenoiserCondGraph, UnetGraph, WfmGraph
 from engine.graphs.spec import Dim, GraphSpec, TensorSpec, random_tensor
 from engine.models.liveportrait.keypoints import refine_kp_info
 from engine.models.liveportrait.motion_branch import INPUT_SIZE as LP_INPUT  # LivePortrait always runs at 256x256
+from engine.models.taesd import TAESD, width_for
 
 GRAPH_NAMES = ("appearance", "motion", "warp", "denoiser", "vae_encoder", "vae_decoder", "image_encoder")
 # graphs the fast modes use (engine.config.modes), built only on request: the denoiser split into WFM and UNet
 # (WFM reuse across steps), and conditional-only variants whose batch is one row per window (no CFG pair)
 MODE_GRAPH_NAMES = ("wfm", "unet", "denoiser_cond", "wfm_cond", "unet_cond")
 ALL_GRAPH_NAMES = GRAPH_NAMES + MODE_GRAPH_NAMES
-# graphs of networks an engine has only when given (engine.distill.taesd: the tiny VAE decoder)
+# graphs of networks an engine has only when given (engine.models.taesd: the tiny VAE decoder)
 OPTIONAL_GRAPH_NAMES = ("tiny_decoder",)
 GRID_SAMPLE_FORMS = ("onnx20", "custom", "decomposed")
 
@@ -467,7 +467,7 @@ def build_specs(model: ModelConfig, opts: GraphOptions, names: tuple[str, ...] =
         ),
         GraphSpec(
             name="tiny_decoder",
-            doc="TAESD decoder (engine.distill.taesd): the sampler's scaled latents -> frames in [-1, 1]",
+            doc="TAESD decoder (engine.models.taesd): the sampler's scaled latents -> frames in [-1, 1]",
             inputs=(TensorSpec("latents", ("frames", lat_ch, latent, latent)),),
             outputs=(TensorSpec("image", ("frames", 3, size, size)),),
             dims=(Dim("frames", 1, 1, opts.max_decode),),

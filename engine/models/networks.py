@@ -36,7 +36,7 @@ class Networks:
     denoiser: Denoiser  # WFM + UNet + infofill
     vae: AutoencoderKL
     image_encoder: CLIPVisionModelWithProjection
-    tiny_decoder: nn.Module | None = None  # TAESD (engine.distill.taesd), when the engine was given one
+    tiny_decoder: nn.Module | None = None  # TAESD (engine.models.taesd), when the engine was given one
 
     def modules(self) -> dict[str, nn.Module]:
         mods = {
