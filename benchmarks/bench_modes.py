@@ -2,6 +2,7 @@
 
     python benchmarks/bench_modes.py [--frames 16] [--steps 4 8 12 25] [--fixtures DIR]
                                      [--json modes.json] [--png modes.png] [--quick]
+                                     [--student FILE] [--tiny-decoder FILE]
 
 For each configuration (exact, fast, turbo, then DPM-Solver++(2M) on the release's schedule with
 steps x guidance strategy {full, first half, none} x WFM reuse {every evaluation, every 2nd}):
@@ -12,6 +13,11 @@ steps x guidance strategy {full, first half, none} x WFM reuse {every evaluation
 * drift from exact: PSNR, SSIM and max |difference| of the uint8 frames, and the relative error
   max|z - z_exact| / max|z_exact| of the final latents - on the tiny preset's seeded weights and,
   with --fixtures, on the fixture set's weights (its own source and driving clip).
+
+With ``--student`` (python -m engine.distill --what student) and/or ``--tiny-decoder`` (TAESD weights),
+the distilled rows join: the student in its own steps (full decoder, then the tiny one: ``ultra`` when
+the student is a 1-step kv-2 one), and exact / turbo decoded by the tiny decoder; each on an engine
+carrying those networks, its drift and wall ratio against the same exact reference.
 
 With random weights drift is a regression signal, not a measure of image quality: the networks are
 untrained, so their outputs are not faces. The same comparison on the official weights
@@ -44,8 +50,11 @@ NOTE = ("random weights: drift is a regression signal, not image quality; run th
         "weights for the real figure")
 
 
+STUDENT_MODES = ("ultra",)  # modes that need an engine given a distilled student
+
+
 def configurations(steps: list[int]) -> list[tuple[str, RunOptions]]:
-    out = [(m, RunOptions(mode=m)) for m in modes.MODES]
+    out = [(m, RunOptions(mode=m)) for m in modes.MODES if m not in STUDENT_MODES]
     for n in steps:
         for guidance in ("full", f"first:{max(1, n // 2)}", "none"):
             for k in (1, 2):
@@ -90,15 +99,18 @@ def run(engine: Reenactor, source: Any, clip: np.ndarray, options: RunOptions
 
 
 def bench(label: str, engine: Reenactor, source: Any, clip: np.ndarray, configs: list[tuple[str, RunOptions]],
-          rounds: int = 1) -> dict[str, dict[str, Any]]:
+          rounds: int = 1, others: dict[str, tuple[Reenactor, Any]] | None = None) -> dict[str, dict[str, Any]]:
     """Drift of every configuration from the first (exact), and wall times: ``rounds`` interleaved
-    passes over all configurations, exact first and last in each; medians."""
+    passes over all configurations, exact first and last in each; medians. ``others``: configurations
+    that run on another engine (a student, a tiny decoder), by name, with that engine's source handle."""
     ref_frames, ref_latents, _ = run(engine, source, clip, configs[0][1])
+    others = others or {}
     times: dict[str, list[float]] = {name: [] for name, _ in configs}
     rows: dict[str, dict[str, Any]] = {}
     for r in range(rounds):
         for name, options in configs[1:]:
-            frames, latents, seconds = run(engine, source, clip, options)
+            eng, src = others.get(name, (engine, source))
+            frames, latents, seconds = run(eng, src, clip, options)
             times[name].append(seconds)
             if r == 0:
                 rows[name] = drift(frames, latents, ref_frames, ref_latents)
@@ -151,6 +163,34 @@ def cfg_coupling(build_nets: Any, model: Any, size: int) -> dict[str, dict[str, 
     return out
 
 
+def distilled_rows(args: argparse.Namespace, configs: list, knobs: dict, tflop: dict, source_path: Path
+                   ) -> dict[str, tuple[Reenactor, Any]]:
+    """Append the student / tiny-decoder configurations (and their knobs and TFLOP) in place; return the
+    engines they run on."""
+    from engine.api import EngineOptions
+    from engine.models.student import read_info
+
+    others: dict[str, tuple[Reenactor, Any]] = {}
+    rows: list[tuple[str, RunOptions, Reenactor]] = []
+    if args.tiny_decoder is not None:
+        eng = Reenactor.from_preset("tiny", EngineOptions(tiny_decoder=args.tiny_decoder))
+        rows += [(f"{m}+tiny-decoder", RunOptions(mode=m, decoder="tiny"), eng) for m in ("exact", "turbo")]
+    if args.student is not None:
+        info = read_info(args.student)[1]
+        eng = Reenactor.from_preset("tiny", EngineOptions(student=args.student, tiny_decoder=args.tiny_decoder))
+        student = RunOptions(mode="ultra", steps=info.steps, kv_downsample=info.kv_downsample, decoder="full")
+        rows.append((f"student-{info.steps}step-kv{info.kv_downsample}", student, eng))
+        if args.tiny_decoder is not None:
+            rows.append((f"student-{info.steps}step-kv{info.kv_downsample}+tiny-decoder",
+                         RunOptions(mode="ultra", steps=info.steps, kv_downsample=info.kv_downsample), eng))
+    for name, options, eng in rows:
+        configs.append((name, options))
+        knobs[name] = modes.resolve(options.mode, **options.knobs())
+        tflop[name] = count_flops.cost_model("official", 100, 512, knobs=knobs[name])["per_frame"] / 1e12
+        others[name] = (eng, eng.set_source(source_path))
+    return others
+
+
 def pareto_png(report: dict[str, Any], path: Path) -> bool:
     try:
         import matplotlib
@@ -185,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fixtures", type=Path, default=None, help="also measure drift on the fixture set's weights")
     p.add_argument("--quick", action="store_true", help="named modes only, no sweep")
     p.add_argument("--rounds", type=int, default=1, help="interleaved timing passes (medians)")
+    p.add_argument("--student", type=Path, default=None, help="a distilled student: its rows join")
+    p.add_argument("--tiny-decoder", type=Path, default=None, help="TAESD decoder weights: tiny-decoder rows join")
     p.add_argument("--json", type=Path, default=Path("outputs/bench_modes.json"))
     p.add_argument("--png", type=Path, default=Path("outputs/bench_modes.png"))
     args = p.parse_args(argv)
@@ -194,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     tflop = {name: count_flops.cost_model("official", 100, 512, knobs=k)["per_frame"] / 1e12
              for name, k in knobs.items()}
     engine = Reenactor.from_preset("tiny")
-    source = engine.set_source(Path(__file__).resolve().parents[1] / "engine" / "assets" / "source.png")
+    source_path = Path(__file__).resolve().parents[1] / "engine" / "assets" / "source.png"
+    source = engine.set_source(source_path)
+    others = distilled_rows(args, configs, knobs, tflop, source_path)
     clip = np.random.default_rng(0).integers(0, 256, (args.frames, 128, 128, 3), dtype=np.uint8)
     report: dict[str, Any] = {"note": NOTE, "tflop_per_frame": tflop,
                               "knobs": {n: asdict(k) for n, k in knobs.items()}, "drift": {}}
@@ -203,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
 
     report["cfg_coupling"] = {"tiny": cfg_coupling(lambda layout: build_tiny(presets.tiny(), 0, layout),
                                                    presets.tiny(), 128)}
-    report["drift"]["tiny"] = bench("tiny", engine, source, clip, configs, args.rounds)
+    report["drift"]["tiny"] = bench("tiny", engine, source, clip, configs, args.rounds, others)
     if args.fixtures is not None:
         from engine.fixtures.pipeline import load_fixture_networks
 
