@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
@@ -32,11 +32,13 @@ import torch
 
 from engine.backends import BACKENDS, Backend, create_backend
 from engine.config import modes, presets
+from engine.config.controls import MotionControls
 from engine.config.settings import SEED_MAX, RunConfig, WindowConfig
 from engine.errors import EngineError, InputError, lazy_import
 from engine.face.align import METHODS as ALIGN_METHODS
 from engine.face.align import CropTransform, PasteBack, crop_transform
 from engine.face.align import crop as crop_image
+from engine.face.several import FacesResult, render_faces
 from engine.io import check_output_path, fit_square, iter_video_frames, load_image, probe_video, read_rgb, write_video
 from engine.io.image import side_by_side
 from engine.models import networks, taesd
@@ -109,6 +111,7 @@ class RunOptions:
     decoder: str | None = None  # full | tiny (the engine's TAESD decoder)
     seed: int = 0  # the run's noise draws
     relative_motion: bool = True  # False: self-reenactment (absolute driving motion)
+    controls: MotionControls = MotionControls()  # smoothing and motion controls (engine.config.controls)
 
     def knobs(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in modes.KNOB_NAMES}
@@ -122,6 +125,7 @@ class RunOptions:
             modes.resolve(self.mode, **self.knobs())
         except ValueError as err:
             raise InputError(str(err)) from None
+        self.controls.check(self.relative_motion)
 
 
 @dataclass(frozen=True)
@@ -278,7 +282,7 @@ class Reenactor:
         cfg = replace(cfg, sampler=replace(cfg.sampler, min_guidance=guidance, max_guidance=guidance))
         self._check_distilled(cfg)
         self._check_graphs(cfg)
-        return replace(cfg, seed=options.seed, relative_motion=options.relative_motion)
+        return replace(cfg, seed=options.seed, relative_motion=options.relative_motion, controls=options.controls)
 
     def _check_distilled(self, cfg: RunConfig) -> None:
         try:
@@ -331,6 +335,21 @@ class Reenactor:
         seconds = dict(timer.seconds, total=time.perf_counter() - start)
         return RenderResult(run.num_frames, float(rate), path, result, seconds)
 
+    def render_faces(self, image: str | Path | np.ndarray, driving: str | Path | np.ndarray | Iterable[np.ndarray],
+                     out: str | Path | None = None, *, faces: str | int | Iterable[int] = "all", align: str = "auto",
+                     options: RunOptions | None = None, control: RunControl | None = None,
+                     max_frames: int | None = None, fps: float | Fraction | None = None) -> FacesResult:
+        """Several faces of one photo (``faces``: "all" or indices, 0 = the largest), each aligned and
+        reenacted by ``driving`` in turn, pasted back into one video of the photo (engine.face.several)."""
+        return render_faces(self, image, driving, out, faces=faces if isinstance(faces, str | int) else tuple(faces),
+                            align=align, options=options, control=control, max_frames=max_frames, fps=fps)
+
+    def write_output(self, path: Path, frames: Iterator[np.ndarray], rate: Fraction, driving: Any,
+                     options: RunOptions | None) -> None:
+        """Frames of a run with ``options`` written as a video (with the driving clip's audio) and its sidecar."""
+        audio = Path(driving) if isinstance(driving, str | Path) and probe_video(driving).has_audio else None
+        _write_with_sidecar(path, frames, rate, audio, self.run_config(options or RunOptions()), StageTimer())
+
     def _driving(self, driving: Any, max_frames: int | None, fps: float | Fraction | None):
         """-> (a function returning a fresh frame iterator, frame rate, audio source or None)."""
         if max_frames is not None and max_frames < 1:
@@ -365,7 +384,7 @@ class Reenactor:
         except BaseException:
             self._lock.release()
             raise
-        return ReenactStream(runner, self.size, self._lock, paster)
+        return ReenactStream(runner, self.size, self._lock, paster, self._set_source)
 
 
 class ReenactStream:
@@ -374,8 +393,12 @@ class ReenactStream:
     of blocking forever. ``lookahead``: driving frames needed after an output frame before it is
     emitted (worst case, frame 0); ``steady_lookahead``: the same after the first window."""
 
-    def __init__(self, runner: StreamRunner, size: int, lock: threading.Lock, paster: PasteBack | None = None) -> None:
+    def __init__(self, runner: StreamRunner, size: int, lock: threading.Lock, paster: PasteBack | None = None,
+                 prepare: Callable[..., SourceHandle] | None = None) -> None:
         self.runner, self.size, self._lock, self.paster = runner, size, lock, paster
+        self._prepare = prepare  # the engine's set_source, called with its lock held (by this stream)
+        self._pasters: list[tuple[int, PasteBack | None]] = [(0, paster)]  # from frame index on
+        self.controls = runner.cfg.controls
         self.lookahead = runner.plan.lookahead
         self.steady_lookahead = runner.plan.steady_lookahead
         self.pushed = 0
@@ -390,6 +413,32 @@ class ReenactStream:
             raise InputError(f"a driving frame must be uint8 [H, W, 3] RGB, got {frame.dtype} {frame.shape}")
         self.runner.push(self.pushed, fit_square(frame, self.size), timestamp, timeout)
         self.pushed += 1
+
+    def set_controls(self, controls: MotionControls | None = None, **changes: Any) -> MotionControls:
+        """New motion controls (``controls``, or the current ones with ``changes``) from the next pushed
+        frame on; a bad value is one InputError and changes nothing. Returns the controls now set."""
+        if self._ended or self._closed:
+            raise StreamError("set_controls after end() or close()")
+        new = (controls or self.controls).updated(**changes)
+        new.check(self.runner.motion.relative)
+        self.runner.set_controls(new)
+        self.controls = new
+        return new
+
+    def switch_source(self, source: SourceHandle | str | Path | np.ndarray, align: str = "none",
+                      face_index: int | None = None) -> SourceHandle:
+        """The next pushed frames reenact ``source`` (cached features reused); frames already pushed
+        keep the old one and come out exactly as without the switch. A source that cannot be read is
+        one InputError and changes nothing. With paste-back the new source must be aligned too."""
+        if self._ended or self._closed:
+            raise StreamError("switch_source after end() or close()")
+        if self._prepare is None:
+            raise StreamError("this stream cannot switch sources")
+        handle = source if isinstance(source, SourceHandle) else self._prepare(source, align, face_index)
+        paster = handle.paster() if self.paster is not None else None
+        self.runner.switch_source(handle.features)
+        self._pasters.append((self.pushed, paster))
+        return handle
 
     def end(self) -> None:
         """No more driving frames: the rest is flushed (the last window ends at the last frame)."""
@@ -435,7 +484,10 @@ class ReenactStream:
 
     def _take(self, item: object, out: list[StreamFrame]) -> bool:
         if isinstance(item, StreamFrame):
-            out.append(item if self.paster is None else replace(item, frame=self.paster(item.frame)))
+            while len(self._pasters) > 1 and self._pasters[1][0] <= item.index:
+                self._pasters.pop(0)
+            paster = self._pasters[0][1]
+            out.append(item if paster is None else replace(item, frame=paster(item.frame)))
             return False
         self._finished = True  # the end marker
         return True

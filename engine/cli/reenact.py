@@ -35,6 +35,15 @@ def guidance_mode(text: str) -> str:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def face_selection(text: str) -> str | int | tuple[int, ...]:
+    from engine.face.several import parse_faces
+
+    try:
+        return parse_faces(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = Parser(prog="python -m engine.reenact", description=__doc__,
                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -80,8 +89,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--align", choices=["none", "auto", "insightface", "opencv"], default="none",
                    help="source face crop: none = centre crop; auto = the release's facecropper models from "
                         "--weights when present, else OpenCV")
-    p.add_argument("--face-index", type=int_in(0), default=None,
-                   help="with --align: which face when there are several (0 = the largest)")
+    p.add_argument("--face-index", type=face_selection, default=None,
+                   help="with --align: which face when there are several (0 = the largest); 'all' or a list "
+                        "(0,1) reenacts each of them and pastes them all back into one video of the photo")
     p.add_argument("--paste-back", action="store_true",
                    help="with --align: paste each result frame back into the whole source image")
     p.add_argument("--stream", action="store_true",
@@ -101,6 +111,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         resolve(args.mode, **{k: getattr(args, k) for k in KNOB_NAMES})
     except ValueError as err:
         p.error(str(err))
+    if several_faces(args):
+        if args.align == "none":
+            p.error("--face-index all (or a list) needs --align auto|insightface|opencv (each face is cropped)")
+        if args.stream or args.side_by_side:
+            p.error("several faces render offline, without --side-by-side (drop --stream / --side-by-side)")
     if args.paste_back and args.align == "none":
         p.error("--paste-back needs --align auto|insightface|opencv (a face crop to paste back)")
     if args.backend != "torch" and args.engines is None:
@@ -108,6 +123,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.preset == "official" and args.weights is None and args.backend == "torch":
         p.error("--preset official needs --weights DIR (the release's pretrained_weights/ folder)")
     return args
+
+
+def several_faces(args: argparse.Namespace) -> bool:
+    return args.face_index is not None and not isinstance(args.face_index, int)
 
 
 def check_inputs(args: argparse.Namespace, size: int) -> None:
@@ -124,7 +143,12 @@ def check_inputs(args: argparse.Namespace, size: int) -> None:
             "(see README, 'On a GPU') or use --device cpu"
         )
     load_image(args.source, size)
-    if args.align != "none":  # no face, or several: known before any network is built
+    if several_faces(args):  # no face, or an index beyond those found: known before any network is built
+        from engine.face.align import detect_faces
+        from engine.face.several import select_faces
+
+        select_faces(len(detect_faces(read_rgb(args.source), args.align, args.weights)), args.face_index)
+    elif args.align != "none":  # no face, or several: known before any network is built
         from engine.face.align import crop_transform
 
         crop_transform(read_rgb(args.source), args.align, args.face_index, args.weights)
@@ -161,21 +185,39 @@ def run(args: argparse.Namespace) -> str:
     load_s = time.perf_counter() - start
     try:
         with engine:
-            source = engine.set_source(args.source, args.align, args.face_index)
-            if source.note:
-                print(f"note: {source.note}", file=sys.stderr)
-            if args.stream:
-                summary = _run_stream(engine, source, args, options, progress)
-            else:
+            if several_faces(args):
                 from engine.runtime import RunControl
 
-                result = engine.render(source, args.driving, args.out, options=options,
-                                       control=RunControl(progress=progress), max_frames=args.max_frames,
-                                       side_by_side_with_inputs=args.side_by_side, paste_back=args.paste_back)
-                sec = result.seconds
-                summary = (f"{result.num_frames} frames", sec, result.num_frames)
+                faces = engine.render_faces(args.source, args.driving, args.out, faces=args.face_index,
+                                            align=args.align, options=options,
+                                            control=RunControl(progress=progress), max_frames=args.max_frames)
+                summary = (f"{faces.num_frames} frames x {len(faces.faces)} faces", {}, faces.num_frames)
+            else:
+                summary = _run_one(engine, args, options, progress)
     finally:
         progress.close()
+    return _summary(args, engine, run_cfg, summary, start, load_s)
+
+
+def _run_one(engine, args: argparse.Namespace, options, progress) -> tuple[str, dict[str, float], int]:
+    """One face (or the centre crop): offline or through the stream."""
+    source = engine.set_source(args.source, args.align, args.face_index)
+    if source.note:
+        print(f"note: {source.note}", file=sys.stderr)
+    if args.stream:
+        summary = _run_stream(engine, source, args, options, progress)
+    else:
+        from engine.runtime import RunControl
+
+        result = engine.render(source, args.driving, args.out, options=options,
+                               control=RunControl(progress=progress), max_frames=args.max_frames,
+                               side_by_side_with_inputs=args.side_by_side, paste_back=args.paste_back)
+        sec = result.seconds
+        summary = (f"{result.num_frames} frames", sec, result.num_frames)
+    return summary
+
+
+def _summary(args: argparse.Namespace, engine, run_cfg, summary, start: float, load_s: float) -> str:
     label, sec, n = summary
     total = time.perf_counter() - start
     backend = "" if args.backend == "torch" else f"{args.backend}, "

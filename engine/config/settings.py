@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.config.controls import MotionControls
+
 # One definition of each runtime constant that several modules use.
 MOTION_CHUNK = 16  # driving frames per warp call (LivePortrait's chunk): bounded memory
 DECODE_CHUNK = 8  # frames per VAE decoder call
@@ -106,6 +108,7 @@ class RunConfig:
     mode: str = "exact"  # the named mode the knobs came from (engine.config.modes); recorded, never read back
     kv_downsample: int = 1  # 2: 2x2-averaged keys/values in the WFM's full attentions (an approximation)
     decoder: str = "full"  # "tiny": the TAESD decoder (engine.models.taesd) instead of the VAE's
+    controls: MotionControls = field(default_factory=MotionControls)  # smoothing and motion controls (at start)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

@@ -350,7 +350,8 @@ class PasteBack:
             self._masks[crop_size] = back[..., None]
         return self._masks[crop_size]
 
-    def __call__(self, frame_u8: np.ndarray) -> np.ndarray:
+    def warp(self, frame_u8: np.ndarray) -> np.ndarray:
+        """A square crop warped into the source's frame: [H, W, 3] uint8 (black outside the crop)."""
         frame = _check_image(frame_u8)
         if frame.shape[0] != frame.shape[1]:
             raise ValueError(f"crop frames are square, got {frame.shape}")
@@ -358,9 +359,12 @@ class PasteBack:
         h, w = self.transform.source_shape
         # cubic, not the release's bilinear: crops are usually enlarged on the way back, and cubic keeps
         # ~2.5 dB more of the source in a crop -> paste round trip on the bundled portraits
-        warped = cv2.warpAffine(frame, t.inverse, (w, h), flags=cv2.INTER_CUBIC,
-                                borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
-        m = self.mask(frame.shape[0])
+        return cv2.warpAffine(frame, t.inverse, (w, h), flags=cv2.INTER_CUBIC,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+
+    def __call__(self, frame_u8: np.ndarray) -> np.ndarray:
+        warped = self.warp(frame_u8)
+        m = self.mask(frame_u8.shape[0])
         out = m * warped.astype(np.float32) + (1.0 - m) * self.original.astype(np.float32)
         return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 

@@ -76,7 +76,7 @@ class ExactRun:
 
     # 2. ------------------------------------------------------------------------------ motion
     def encode_motion(self) -> HeadStore:
-        motion = self.stages.motion(self.source, self.relative)
+        motion = self.stages.motion(self.source, self.relative, self.cfg.controls)
         heads = HeadStore(self.stages.denoise.backend.device)
         trunks = []
         count = 0

@@ -30,10 +30,10 @@ from engine.models.liveportrait.keypoints import (
     DrivingKeypoints,
     KeypointInfo,
     absolute_motion,
-    relative_motion,
     transform_keypoint,
 )
 from engine.models.liveportrait.motion_branch import to_model_input
+from engine.runtime.motion_controls import MotionControls, MotionSmoother, controlled_motion
 
 
 def float32_region(device: torch.device) -> torch.autocast:
@@ -131,43 +131,63 @@ class MotionChunk:
 
 
 class MotionStage:
-    """Driving frames in, head latents out. ``anchor`` (the first driving frame's keypoint info and
-    rotation) is the only state; it is taken from the first frame seen unless set explicitly."""
+    """Driving frames in, head latents out. State: ``anchor`` (the first driving frame's keypoint info
+    and rotation; taken from the first frame seen unless set explicitly), the smoother's, and the
+    motion ``controls`` (engine.runtime.motion_controls), which may change between calls."""
 
-    def __init__(self, source_stage: SourceStage, source: SourceMotion, relative: bool = True) -> None:
+    def __init__(self, source_stage: SourceStage, source: SourceMotion, relative: bool = True,
+                 controls: MotionControls | None = None) -> None:
         self.source_stage, self.source, self.relative = source_stage, source, relative
         self.backend = source_stage.backend
         self.anchor: tuple[KeypointInfo, torch.Tensor] | None = None
+        self.controls = MotionControls()
+        self.smoother = MotionSmoother()
+        self.set_controls(controls or MotionControls())
         fixed = self.backend.fixed_dim("warp", "frames")
         self.chunk = min(MOTION_CHUNK, self.backend.max_dim("warp", "frames") or MOTION_CHUNK)
         self._pad_to = fixed  # a graph built for one frame count gets short chunks padded
 
-    def _warp(self, x_d: torch.Tensor) -> dict[str, torch.Tensor]:
+    def set_controls(self, controls: MotionControls) -> None:
+        """New controls from the next frame on (the smoother keeps its state)."""
+        controls.check(self.relative)
+        self.controls = controls
+        self.smoother.set_strength(controls.smooth)
+
+    def warp(self, source: SourceMotion, x_d: torch.Tensor) -> dict[str, torch.Tensor]:
         n = x_d.shape[0]
         if self._pad_to is not None and n < self._pad_to:
             x_d = torch.cat([x_d, x_d[-1:].expand(self._pad_to - n, -1, -1)])  # frames are independent
-        out = self.backend.run("warp", feature_volume=self.source.f_s, kp_source=self.source.x_s, kp_driving=x_d)
+        out = self.backend.run("warp", feature_volume=source.f_s, kp_source=source.x_s, kp_driving=x_d)
         return {k: v[:n] for k, v in out.items()}
+
+    def driving(self, images: torch.Tensor) -> tuple[KeypointInfo, torch.Tensor]:
+        """Model-input frames [n, 3, 256, 256] -> (keypoint info, rotation), smoothed; sets the anchor."""
+        info = self.smoother(self.source_stage.keypoints(images))
+        rotation = info.rotation()
+        if self.anchor is None:
+            self.anchor = (info[0], rotation[:1])
+        return info, rotation
+
+    def keypoints(self, source: SourceMotion, info: KeypointInfo, rotation: torch.Tensor) -> DrivingKeypoints:
+        """The driving motion applied to ``source`` under the current controls."""
+        assert self.anchor is not None
+        if self.relative:
+            return controlled_motion(source.info, source.rotation, info, rotation, *self.anchor, self.controls)
+        return absolute_motion(source.info, info, rotation)
+
+    def for_source(self, source: SourceMotion, info: KeypointInfo, rotation: torch.Tensor) -> MotionChunk:
+        """Driving info (from ``driving``) through the keypoint maths, W, the trunk and the HeadNet for ``source``."""
+        with float32_region(self.backend.device):
+            kp = self.keypoints(source, info, rotation)
+            out = self.warp(source, kp.x_d)
+        return MotionChunk(info, rotation, kp, out["trunk"], out["head_latents"])
 
     @torch.no_grad()
     def run_pm1(self, frames_pm1: torch.Tensor) -> MotionChunk:
         """[n, 3, H, W] in [-1, 1] (n <= chunk) -> one MotionChunk."""
         with float32_region(self.backend.device):
-            return self._run_pm1(frames_pm1)
-
-    def _run_pm1(self, frames_pm1: torch.Tensor) -> MotionChunk:
-        images = to_model_input(frames_pm1.to(self.backend.device))
-        info = self.source_stage.keypoints(images)
-        rotation = info.rotation()
-        if self.anchor is None:
-            self.anchor = (info[0], rotation[:1])
-        src = self.source
-        if self.relative:
-            kp = relative_motion(src.info, src.rotation, info, rotation, *self.anchor)
-        else:
-            kp = absolute_motion(src.info, info, rotation)
-        out = self._warp(kp.x_d)
-        return MotionChunk(info, rotation, kp, out["trunk"], out["head_latents"])
+            info, rotation = self.driving(to_model_input(frames_pm1.to(self.backend.device)))
+            return self.for_source(self.source, info, rotation)
 
     def __call__(self, frames_u8: np.ndarray) -> torch.Tensor:
         """uint8 [n, H, W, 3] -> head latents [n, c0, h, w], ``chunk`` frames per warp call."""
@@ -358,5 +378,6 @@ class Stages:
     def build(cls, backend: Backend, cfg: RunConfig) -> Stages:
         return cls(SourceStage(backend, cfg), DenoiseStage(backend, cfg), DecodeStage(backend, cfg))
 
-    def motion(self, source: SourceFeatures, relative: bool = True) -> MotionStage:
-        return MotionStage(self.source, source.motion, relative)
+    def motion(self, source: SourceFeatures, relative: bool = True,
+               controls: MotionControls | None = None) -> MotionStage:
+        return MotionStage(self.source, source.motion, relative, controls)

@@ -7,6 +7,13 @@ estimate for them is overwritten with the clean latent, which is exactly the rel
 ``first_n_frames`` pinning (it overwrites the v-prediction with the one whose denoised estimate is
 that latent) - and only the 8 new frames are generated and emitted. See docs/runtime.md.
 
+Between frames, the motion controls may change (from the next frame on) and the source may be
+switched. A switch at frame s starts a new *segment*: frames from s on are generated as by a fresh
+stream started at s with the new source (the motion anchor stays the first driving frame); the old
+segment still runs the windows that emit its frames < s exactly as without the switch, so the
+motion stage computes, for the ``lookahead`` frames after s, the head latents of both sources. So
+frames < s are those of a run without the switch and the look-ahead bound holds across it.
+
 Three worker threads overlap the stages (motion ahead, denoise, decode), linked by bounded queues;
 nothing in the state grows with the stream's length.
 """
@@ -17,22 +24,65 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
 from engine.config import modes
+from engine.config.controls import MotionControls
 from engine.config.settings import RunConfig
 from engine.diffusion import conditioning, sampling
 from engine.errors import EngineError
+from engine.models.liveportrait.motion_branch import to_model_input
 from engine.runtime.common import Noise, guidance_scales, timestep_for
 from engine.runtime.control import RunControl, StageTimer
-from engine.runtime.stages import SourceFeatures, Stages, WindowInput, to_uint8
+from engine.runtime.stages import (
+    RunConditioning,
+    SourceFeatures,
+    SourceMotion,
+    Stages,
+    WindowInput,
+    float32_region,
+    to_uint8,
+)
 
 _END = object()
 STALL_SECONDS = 2.0  # input and output queues both full this long: the caller is not reading results
+
+
+@dataclass(frozen=True)
+class SetControls:
+    """An input-queue item: new motion controls from the next frame on."""
+
+    controls: MotionControls
+
+
+@dataclass(frozen=True)
+class SwitchSource:
+    """An input-queue item: the next frames reenact this source."""
+
+    motion: SourceMotion
+    cond: RunConditioning
+
+
+@dataclass
+class Segment:
+    """The denoise worker's state for the frames of one source: ``start`` is its frame 0 (its window
+    plan counts from there); ``end`` (set by a switch) is its first frame that belongs to the next."""
+
+    start: int
+    cond: RunConditioning
+    end: int | None = None
+    received: int = 0  # relative to start, like every index below
+    emitted: int = 0
+    heads: dict[int, torch.Tensor] = field(default_factory=dict)  # frame 0 and the last size-1 frames
+    known: dict[int, torch.Tensor] = field(default_factory=dict)  # clean latents: frame 0, the last size-1
+
+    @property
+    def done(self) -> bool:
+        return self.end is not None and self.start + self.emitted >= self.end
 
 
 class StreamError(EngineError):
@@ -95,7 +145,7 @@ class StreamRunner:
         self.control = control or RunControl()
         self.timer = StageTimer(stages.denoise.backend.device)
         self.plan = CausalWindows(cfg.windows.size, cfg.windows.overlap)
-        self.motion = stages.motion(source, relative)
+        self.motion = stages.motion(source, relative, cfg.controls)
         self.cond = stages.source.conditioning(source, noise.aug)
         s = cfg.sampler
         self.schedule = sampling.make_schedule(s.sampler, s.steps, s.scheduler, s.schedule)
@@ -106,11 +156,11 @@ class StreamRunner:
         self.heads_q: queue.Queue = queue.Queue(maxsize=self.plan.size)
         self.latents_q: queue.Queue = queue.Queue(maxsize=2)
         self.outputs: queue.Queue = queue.Queue(maxsize=queue_frames)
-        # denoise-worker state, all bounded by the window size
-        self.heads: dict[int, torch.Tensor] = {}  # frame 0 and the last size-1 frames
-        self.known: dict[int, torch.Tensor] = {}  # clean latents: frame 0 and the last size-1 emitted
+        # denoise-worker state: segments (one per source; a finished one is dropped), each bounded by
+        # the window size; more than one only within ``lookahead`` frames of a switch
+        self.segments: list[Segment] = [Segment(0, self.cond)]
         self.pushed_at: dict[int, tuple[float, float | None]] = {}  # push time, stamp: frames not yet out
-        self.received = self.emitted = self.windows_done = 0
+        self.windows_done = 0
         self._times_lock = threading.Lock()
         self.error: BaseException | None = None
         self._stop = threading.Event()
@@ -174,20 +224,47 @@ class StreamRunner:
     def _motion_worker(self) -> None:
         """Each frame through the motion stage as soon as it arrives. One frame per call, never a
         timing-dependent batch: batched convolutions round differently, and a stream's output must
-        not depend on how fast its frames came."""
+        not depend on how fast its frames came. Near a switch a frame is warped for each source
+        whose segment still needs it (the keypoints and the smoother run once)."""
+        sources: list[tuple[int, int | None, SourceMotion]] = [(0, None, self.motion.source)]  # start, end
+        reach = self.plan.lookahead  # an old segment needs frames < end + lookahead
+        next_index = 0
         while (item := self.get(self.inputs)) is not _END:
+            if isinstance(item, SetControls):
+                self.motion.set_controls(item.controls)
+                continue
+            if isinstance(item, SwitchSource):
+                start, _, motion = sources.pop()
+                if start < next_index:  # an empty segment (two switches between frames) is dropped
+                    sources.append((start, next_index, motion))
+                sources.append((next_index, None, item.motion))
+                self.put(self.heads_q, ("switch", next_index, item.cond))
+                continue
             index, frame = item
+            next_index = index + 1
             self.control.check()
+            heads = {}
             with self.timer("motion"):
-                head = self.motion.run_pm1(conditioning.to_pm1(frame[None])).head_latents[0]
-            self.put(self.heads_q, (index, head))
+                with torch.no_grad(), float32_region(self.motion.backend.device):
+                    images = to_model_input(conditioning.to_pm1(frame[None]).to(self.motion.backend.device))
+                    info, rotation = self.motion.driving(images)
+                    for start, end, motion in sources:
+                        if end is None or index < end + reach:
+                            heads[start] = self.motion.for_source(motion, info, rotation).head_latents[0]
+            sources = [src for src in sources if src[1] is None or next_index < src[1] + reach]
+            self.put(self.heads_q, (index, heads))
 
     def _denoise_worker(self) -> None:
         ended = False
         while True:
-            window = self.plan.next_window(self.received, self.emitted, ended)
-            if window is not None:
-                self._run_window(window)
+            while len(self.segments) > 1 and self.segments[0].done:
+                self.segments.pop(0)
+            seg = self.segments[0]
+            seg_ended = ended or (seg.end is not None and len(self.segments) > 1
+                                  and seg.start + seg.received >= seg.end + self.plan.lookahead)
+            window = self.plan.next_window(seg.received, seg.emitted, seg_ended)
+            if window is not None and not seg.done:
+                self._run_window(seg, window)
                 continue
             if ended:
                 return
@@ -195,17 +272,28 @@ class StreamRunner:
             if item is _END:
                 ended = True
                 continue
-            index, head = item
-            self.heads[index] = head
-            self.received = index + 1
+            if item[0] == "switch":
+                _, start, cond = item
+                last = self.segments[-1]
+                last.end = start
+                self.segments.append(Segment(start, cond))
+                continue
+            index, heads = item
+            for held in self.segments:
+                if held.start in heads:
+                    held.heads[index - held.start] = heads[held.start]
+                    held.received = index - held.start + 1
 
-    def _run_window(self, window: list[int]) -> None:
-        """Denoise one window with its already-emitted frames pinned; hand the new ones on."""
+    def _run_window(self, seg: Segment, window: list[int]) -> None:
+        """Denoise one window of ``seg`` (indices relative to its start) with its already-emitted
+        frames pinned; hand the new ones on (those before the segment's end)."""
         dev = self.stages.denoise.backend.device
-        known_pos = [p for p, i in enumerate(window) if i < self.emitted]
-        new_pos = [p for p, i in enumerate(window) if i >= self.emitted and i not in window[:p]]
-        heads = torch.stack([self.heads[i] for i in window])
-        z0 = torch.stack([self.known[window[p]] for p in known_pos]) if known_pos else None
+        known_pos = [p for p, i in enumerate(window) if i < seg.emitted]
+        new_pos = [p for p, i in enumerate(window) if i >= seg.emitted and i not in window[:p]]
+        if seg.end is not None:
+            new_pos = [p for p in new_pos if seg.start + window[p] < seg.end]
+        heads = torch.stack([seg.heads[i] for i in window])
+        z0 = torch.stack([seg.known[window[p]] for p in known_pos]) if known_pos else None
         # index tensors made once per window: a Python list as a CUDA index blocks the host every step
         known_idx = torch.tensor(known_pos, device=dev)
         new_idx = torch.tensor(new_pos, device=dev)
@@ -217,7 +305,7 @@ class StreamRunner:
             ev = next(plan)
             item = WindowInput(x, sigma, timestep_for(schedule, sigma), heads)
             with self.timer("denoise"):
-                pred = self.stages.denoise([item], self.cond, cfg=ev.cfg, wfm=ev.wfm, cache=cache,
+                pred = self.stages.denoise([item], seg.cond, cfg=ev.cfg, wfm=ev.wfm, cache=cache,
                                            kv_downsample=self.cfg.kv_downsample)[0].noise_pred
             guided = pred[0] + self.guidance * (pred[1] - pred[0]) if ev.cfg else pred[0]
             denoised = sampling.v_to_x0(guided, x, sigma)
@@ -229,16 +317,16 @@ class StreamRunner:
         x = sampling.SAMPLERS[self.cfg.sampler.sampler](model_fn, x, schedule.sigmas, callback=self._step_done)
         indices = [window[p] for p in new_pos]
         for p, i in zip(new_pos, indices, strict=True):
-            self.known[i] = x[p].clone()
-        self.emitted = indices[-1] + 1
+            seg.known[i] = x[p].clone()
+        seg.emitted = indices[-1] + 1
         self.windows_done += 1
         # any later window (the last one too, which ends at the last frame) starts after frame 0 at
         # emitted - (size - 2) or later: older state is dropped
-        first = self.emitted - (self.plan.size - 2)
-        for held in (self.heads, self.known):
+        first = seg.emitted - (self.plan.size - 2)
+        for held in (seg.heads, seg.known):
             for i in [i for i in held if 0 < i < first]:
                 del held[i]
-        self.put(self.latents_q, (indices, x.index_select(0, new_idx)))
+        self.put(self.latents_q, ([seg.start + i for i in indices], x.index_select(0, new_idx)))
 
     def _step_done(self, i: int, x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> None:
         self.control.check()
@@ -271,6 +359,16 @@ class StreamRunner:
     def end(self) -> None:
         self._put_caller(self.inputs, _END, None)
 
+    def set_controls(self, controls: MotionControls) -> None:
+        """From the next pushed frame on (checked here, so the worker never fails on it)."""
+        controls.check(self.motion.relative)
+        self._put_caller(self.inputs, SetControls(controls), None)
+
+    def switch_source(self, source: SourceFeatures) -> None:
+        """The next pushed frames reenact ``source`` (its run conditioning computed here, on the caller's thread)."""
+        cond = self.stages.source.conditioning(source, self.noise.aug)
+        self._put_caller(self.inputs, SwitchSource(source.motion, cond), None)
+
     def _put_caller(self, q: queue.Queue, item: Any, timeout: float | None) -> None:
         start = time.perf_counter()
         stalled_since: float | None = None
@@ -296,7 +394,9 @@ class StreamRunner:
 
     def state_sizes(self) -> dict[str, int]:
         """Number of items held by every piece of stream state (for the bounded-memory tests)."""
-        return {"heads": len(self.heads), "known": len(self.known), "pending_times": len(self.pushed_at),
+        segments = list(self.segments)
+        return {"segments": len(segments), "heads": sum(len(g.heads) for g in segments),
+                "known": sum(len(g.known) for g in segments), "pending_times": len(self.pushed_at),
                 "inputs": self.inputs.qsize(), "heads_q": self.heads_q.qsize(),
                 "latents_q": self.latents_q.qsize(), "outputs": self.outputs.qsize()}
 
