@@ -27,6 +27,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from engine.api import Reenactor, RunControl, RunOptions
 from engine.errors import EngineError
 from engine.runtime import Cancelled
+from engine.serve import live
 from engine.serve.admission import Refused, admit, message_type, parse_json
 from engine.serve.context import Context
 from engine.serve.errors import ApiError
@@ -87,6 +88,7 @@ class Session:
         self.aborted = threading.Event()  # stop now: the client left, or a frame was bad
         self.seconds: dict[str, float] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.stream = None  # the engine's ReenactStream once open (live changes go to it)
 
     # -- threads -----------------------------------------------------------------------------
     def _post(self, item: object) -> None:
@@ -192,6 +194,8 @@ class Session:
                     self.inbox.close()
                 elif kind == "stats":
                     self._enqueue(("json", {"type": "stats", "stats": self.stats.public()}))
+                elif kind in live.MESSAGES and not self.ended:  # between frames (engine.serve.live)
+                    await live.apply(self, msg.get("text"))
                 else:
                     raise Close(4400, "text messages after start must be {\"type\": \"end\"} or {\"type\": \"stats\"}")
 
@@ -223,6 +227,7 @@ class Session:
             opened.set_exception(err)
             return
         reader = threading.Thread(target=self._read_loop, args=(stream,), name="frvd-session-read", daemon=True)
+        self.stream = stream
         try:
             opened.set_result(stream)
             reader.start()
