@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.api import RunOptions
+from engine.config.controls import MotionControls
 from engine.errors import InputError
 from engine.serve.config import ServeConfig
 from engine.serve.errors import invalid
@@ -34,7 +35,10 @@ class JobOptions:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> JobOptions:
-        return cls(RunOptions(**data["run"]), data["side_by_side"], data["max_frames"])
+        run = dict(data["run"])
+        if isinstance(run.get("controls"), dict):
+            run["controls"] = MotionControls(**run["controls"])
+        return cls(RunOptions(**run), data["side_by_side"], data["max_frames"])
 
 
 def _convert(name: str, value: Any) -> Any:

@@ -52,6 +52,16 @@ def test_page_streams_the_camera_and_runs_a_job(server: Server, chromium: str, t
         canvas = browser.evaluate(CANVAS_STATS)
         assert canvas["std"] > 5 and 5 < canvas["mean"] < 250, canvas  # a picture, not a blank canvas
         assert "fps" in browser.evaluate("document.getElementById('stats').textContent")
+        # the smoothing slider and a source switch reach the running session (engine/serve/live.py)
+        browser.evaluate("(() => { const s = document.getElementById('smooth'); s.value = '0.5'; "
+                         "s.dispatchEvent(new Event('input')); })()")
+        browser.wait_for("(window.frvd.controls && window.frvd.controls.controls.smooth === 0.5) "
+                         "|| window.frvd.error", 30)
+        browser.set_files("#switch-source", [SOURCE])
+        browser.wait_for("window.frvd.source || window.frvd.error", 60)
+        assert browser.evaluate("window.frvd.error") is None
+        received = browser.evaluate("window.frvd.stats.received")
+        browser.wait_for(f"window.frvd.stats.received >= {received + 4} || window.frvd.error", 60)
 
         browser.set_files("#job-form input[name=source]", [SOURCE])
         browser.set_files("#job-form input[name=driving]", [DRIVING])

@@ -89,8 +89,11 @@ function onControl(msg) {
   if (msg.type === "ready") {
     frvd.state = "streaming";
     frvd.session = msg;
+    sendControls(); // before the first frame: the controls apply from it
     const fps = Math.max(1, Number($("live-fps").value) || 10);
     timer = setInterval(sendFrame, 1000 / fps);
+  } else if (msg.type === "controls" || msg.type === "source") {
+    frvd[msg.type] = msg; // what the server now applies (engine/serve/live.py)
   } else if (msg.type === "error") {
     showError($("stats"), `${msg.code} ${msg.field ? msg.field + ": " : ""}${msg.message}`);
   } else if (msg.type === "done") {
@@ -161,6 +164,33 @@ function stopLive() {
   if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "end" }));
   $("stop").disabled = true;
 }
+
+// ----------------------------------------------------------------- motion controls, source switch
+const SLIDERS = ["smooth", "expression_scale", "pose_scale"];
+const CHECKS = ["lock_pose", "lock_expression"];
+
+function currentControls() {
+  const controls = {};
+  for (const id of SLIDERS) controls[id] = Number($(id).value);
+  for (const id of CHECKS) controls[id] = $(id).checked;
+  for (const id of ["eyes", "lips"]) controls[id] = $(id).checked ? "source" : "driving";
+  return controls;
+}
+
+function sendControls() {
+  for (const id of SLIDERS) $(id + "-value").textContent = $(id).value;
+  if (ws && ws.readyState === WebSocket.OPEN && frvd.state === "streaming")
+    ws.send(JSON.stringify({ type: "controls", controls: currentControls() }));
+}
+
+async function switchSource() {
+  const file = $("switch-source").files[0];
+  if (!file || !ws || ws.readyState !== WebSocket.OPEN) return;
+  ws.send(JSON.stringify({ type: "source", source: { data: await fileToBase64(file) } }));
+}
+
+for (const id of [...SLIDERS, ...CHECKS, "eyes", "lips"]) $(id).addEventListener("input", sendControls);
+$("switch-source").addEventListener("change", () => switchSource().catch((e) => showError($("stats"), String(e))));
 
 // ------------------------------------------------------------------------------------- jobs
 const STAGES = { "": [0, 0.02], source: [0, 0.05], motion: [0.05, 0.25], denoise: [0.25, 0.9], decode: [0.9, 0.98] };
