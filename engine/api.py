@@ -36,9 +36,9 @@ from engine.config.controls import MotionControls
 from engine.config.settings import SEED_MAX, RunConfig, WindowConfig
 from engine.errors import EngineError, InputError, lazy_import
 from engine.face.align import METHODS as ALIGN_METHODS
-from engine.face.align import CropTransform, PasteBack, crop_transform
+from engine.face.align import CropTransform, PasteBack, crop_transform, detect_faces
 from engine.face.align import crop as crop_image
-from engine.face.several import FacesResult, render_faces
+from engine.face.several import CropStore, FacesResult, MultiPaste, prefixed, select_faces
 from engine.io import check_output_path, fit_square, iter_video_frames, load_image, probe_video, read_rgb, write_video
 from engine.io.image import side_by_side
 from engine.models import networks, taesd
@@ -340,9 +340,31 @@ class Reenactor:
                      options: RunOptions | None = None, control: RunControl | None = None,
                      max_frames: int | None = None, fps: float | Fraction | None = None) -> FacesResult:
         """Several faces of one photo (``faces``: "all" or indices, 0 = the largest), each aligned and
-        reenacted by ``driving`` in turn, pasted back into one video of the photo (engine.face.several)."""
-        return render_faces(self, image, driving, out, faces=faces if isinstance(faces, str | int) else tuple(faces),
-                            align=align, options=options, control=control, max_frames=max_frames, fps=fps)
+        reenacted by ``driving`` in turn (progress per face), pasted back into one video of the photo
+        (engine.face.several). No face, or an index beyond those found: one FaceError before any run."""
+        if align not in ALIGN_METHODS:
+            raise InputError(f"several faces need face alignment: align must be one of {', '.join(ALIGN_METHODS)}")
+        photo = image if isinstance(image, np.ndarray) else read_rgb(image)
+        wanted = faces if isinstance(faces, str | int) else tuple(faces)
+        indices = select_faces(len(detect_faces(photo, align, self.weights_dir)), wanted)
+        path = check_output_path(out) if out is not None else None
+        control = control or RunControl()
+        crops: list[CropTransform] = []
+        rate = Fraction(25)
+        with CropStore() as store:
+            for k, index in enumerate(indices):
+                handle = self.set_source(photo, align, index)
+                each = replace(control, progress=prefixed(control.progress, f"face {k + 1}/{len(indices)}"))
+                result = self.render(handle, driving, options=options, control=each, max_frames=max_frames, fps=fps)
+                assert result.frames is not None and handle.crop is not None
+                store.add(result.frames)  # on disk: one face's frames in memory at a time
+                crops.append(handle.crop)
+                rate = Fraction(result.fps).limit_denominator(10_000)
+            frames = store.composed(MultiPaste(photo, crops), control.report)
+            if path is None:
+                return FacesResult(indices, len(store.faces[0]), float(rate), None, np.stack(list(frames)))
+            self.write_output(path, frames, rate, driving, options)
+            return FacesResult(indices, len(store.faces[0]), float(rate), path, None)
 
     def write_output(self, path: Path, frames: Iterator[np.ndarray], rate: Fraction, driving: Any,
                      options: RunOptions | None) -> None:

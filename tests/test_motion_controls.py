@@ -16,7 +16,7 @@ from engine.diffusion import conditioning
 from engine.errors import InputError
 from engine.io import read_video
 from engine.models.liveportrait.keypoints import KeypointInfo, rotation_matrix
-from engine.runtime.motion_controls import MotionSmoother, rotation_power
+from engine.models.liveportrait.motion_controls import MotionSmoother, rotation_power
 
 SIZE = 64  # pixels do not matter here: keypoints and frame identity do
 

@@ -183,6 +183,7 @@ def run(args: argparse.Namespace) -> str:
     run_cfg = engine.run_config(options)  # the resolved knobs, for the summary line
     progress = make_progress("none" if args.quiet else args.progress)
     load_s = time.perf_counter() - start
+    summary: tuple[str, dict[str, float], int]
     try:
         with engine:
             if several_faces(args):
@@ -204,6 +205,7 @@ def _run_one(engine, args: argparse.Namespace, options, progress) -> tuple[str, 
     source = engine.set_source(args.source, args.align, args.face_index)
     if source.note:
         print(f"note: {source.note}", file=sys.stderr)
+    summary: tuple[str, dict[str, float], int]
     if args.stream:
         summary = _run_stream(engine, source, args, options, progress)
     else:

@@ -1,6 +1,6 @@
 """Motion controls: what of the driving motion reaches the source, and how smoothly (one run's or
 one stream's choices; a running stream may change them between frames). Their maths is
-``engine.runtime.motion_controls``; their effect is measured in docs/controls.md.
+``engine.models.liveportrait.motion_controls``; their effect is measured in docs/controls.md.
 """
 
 from __future__ import annotations

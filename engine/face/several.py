@@ -1,5 +1,5 @@
 """Several faces in one photo: each face aligned, reenacted with the same driving clip, and all pasted
-back into one output video.
+back into one output video (the pieces; ``Reenactor.render_faces`` runs them).
 
 Faces are rendered one after the other (the engine holds one face's run at a time); each face's
 result crops wait on disk (a memory-mapped ``.npy`` in a temporary folder) until every face is done,
@@ -12,21 +12,14 @@ untouched, bit for bit.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from engine.errors import FaceError, InputError
-from engine.face.align import METHODS, CropTransform, PasteBack, detect_faces
-from engine.io import check_output_path, read_rgb
-
-if TYPE_CHECKING:
-    from engine.api import Reenactor, RunOptions
-    from engine.runtime.control import RunControl
+from engine.face.align import CropTransform, PasteBack
 
 FaceSelection = str | int | Sequence[int]  # "all", one index, or several (0 = the largest face)
 
@@ -52,9 +45,11 @@ def select_faces(count: int, faces: FaceSelection) -> list[int]:
     if count == 0:
         raise FaceError("no face found in the source image: use a photo with clearly visible, roughly frontal "
                         "faces, or turn alignment off (--align none) to use the image as it is")
-    if faces == "all":
+    if isinstance(faces, str):
+        if faces != "all":
+            raise InputError(f"faces must be 'all' or face indices, got {faces!r}")
         return list(range(count))
-    wanted = [faces] if isinstance(faces, int) else list(faces)
+    wanted = [faces] if isinstance(faces, int) else [int(i) for i in faces]
     if not wanted:
         raise InputError("no face index given: pass 'all' or indices such as 0,1")
     beyond = [i for i in wanted if not 0 <= i < count]
@@ -84,7 +79,7 @@ class MultiPaste:
         return self._masks[key]
 
     def __call__(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        out = self.original.astype(np.float32)
+        out: np.ndarray = self.original.astype(np.float32)
         for k, crop in enumerate(crops):
             m = self.mask(k, crop.shape[0])
             out = m * self.pasters[k].warp(crop).astype(np.float32) + (1.0 - m) * out
@@ -107,59 +102,41 @@ class FacesResult:
     frames: np.ndarray | None  # [F, H, W, 3] uint8 of the whole photo when no ``out`` was given
 
 
-def render_faces(engine: Reenactor, image: str | Path | np.ndarray, driving: Any, out: str | Path | None = None, *,
-                 faces: FaceSelection = "all", align: str = "auto", options: RunOptions | None = None,
-                 control: RunControl | None = None, max_frames: int | None = None,
-                 fps: float | Fraction | None = None) -> FacesResult:
-    """Every selected face of ``image`` reenacted by ``driving``, pasted into one video of the photo.
+class CropStore:
+    """Each face's result crops on disk (a memory-mapped ``.npy`` per face in a temporary folder),
+    so only one face's frames are in memory at a time; removed on exit."""
 
-    Progress is reported per face (stage ``face K/N: motion`` ...); a photo without a face, or an index
-    beyond the faces found, is one FaceError before any network runs."""
-    from engine.runtime.control import RunControl
+    def __init__(self) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="frvd-faces-")
+        self.faces: list[np.ndarray] = []
 
-    if align not in METHODS:
-        raise InputError(f"several faces need face alignment: align must be one of {', '.join(METHODS)}")
-    photo = image if isinstance(image, np.ndarray) else read_rgb(image)
-    indices = select_faces(len(detect_faces(photo, align, engine.weights_dir)), faces)
-    path = check_output_path(out) if out is not None else None
-    control = control or RunControl()
-    transforms: list[CropTransform] = []
-    rate = Fraction(25)
-    num_frames = 0
-    with tempfile.TemporaryDirectory(prefix="frvd-faces-") as tmp:
-        stores: list[np.ndarray] = []
-        for k, index in enumerate(indices):
-            handle = engine.set_source(photo, align, index)
-            assert handle.crop is not None
-            transforms.append(handle.crop)
-            label = f"face {k + 1}/{len(indices)}"
-            face_control = RunControl(progress=_prefixed(control, label), _cancelled=control._cancelled)
-            result = engine.render(handle, driving, options=options, control=face_control, max_frames=max_frames,
-                                   fps=fps)
-            assert result.frames is not None
-            store = np.lib.format.open_memmap(Path(tmp) / f"face{k}.npy", "w+", np.uint8, result.frames.shape)
-            store[:] = result.frames
-            stores.append(store)
-            rate, num_frames = Fraction(result.fps).limit_denominator(10_000), result.num_frames
-            del result  # one face's frames in memory at a time
-        paste = MultiPaste(photo, transforms)
+    def add(self, frames: np.ndarray) -> None:
+        store = np.lib.format.open_memmap(Path(self._tmp.name) / f"face{len(self.faces)}.npy", "w+", np.uint8,
+                                          frames.shape)
+        store[:] = frames
+        store.flush()
+        self.faces.append(store)
 
-        def composed() -> Iterator[np.ndarray]:
-            for i in range(num_frames):
-                control.report("paste", i + 1, num_frames)
-                yield paste([store[i] for store in stores])
+    def composed(self, paste: MultiPaste, report: Callable[[str, int, int], None]) -> Iterator[np.ndarray]:
+        """The photo with every face pasted, frame by frame (as many frames as the shortest face has)."""
+        n = min(len(f) for f in self.faces)
+        for i in range(n):
+            report("paste", i + 1, n)
+            yield paste([f[i] for f in self.faces])
 
-        if path is None:
-            frames = np.stack(list(composed()))
-        else:
-            engine.write_output(path, composed(), rate, driving, options)
-            frames = None
-    return FacesResult(indices, num_frames, float(rate), path, frames)
+    def __enter__(self) -> CropStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.faces.clear()
+        self._tmp.cleanup()
 
 
-def _prefixed(control: RunControl, label: str):
+def prefixed(progress: Callable[[str, int, int], None] | None, label: str) -> Callable[[str, int, int], None]:
+    """A progress function reporting each stage as ``label: stage`` (per-face progress)."""
+
     def report(stage: str, done: int, total: int) -> None:
-        if control.progress is not None:
-            control.progress(f"{label}: {stage}", done, total)
+        if progress is not None:
+            progress(f"{label}: {stage}", done, total)
 
     return report

@@ -33,7 +33,7 @@ from engine.models.liveportrait.keypoints import (
     transform_keypoint,
 )
 from engine.models.liveportrait.motion_branch import to_model_input
-from engine.runtime.motion_controls import MotionControls, MotionSmoother, controlled_motion
+from engine.models.liveportrait.motion_controls import MotionControls, MotionSmoother, controlled_motion
 
 
 def float32_region(device: torch.device) -> torch.autocast:
@@ -133,7 +133,7 @@ class MotionChunk:
 class MotionStage:
     """Driving frames in, head latents out. State: ``anchor`` (the first driving frame's keypoint info
     and rotation; taken from the first frame seen unless set explicitly), the smoother's, and the
-    motion ``controls`` (engine.runtime.motion_controls), which may change between calls."""
+    motion ``controls`` (engine.models.liveportrait.motion_controls), which may change between calls."""
 
     def __init__(self, source_stage: SourceStage, source: SourceMotion, relative: bool = True,
                  controls: MotionControls | None = None) -> None:

@@ -1,4 +1,5 @@
-"""Changes to a running ``/v1/stream`` session, between frames (wire format: ``engine.serve.protocol``).
+"""Changes to a running ``/v1/stream`` session between frames (``session``: an
+``engine.serve.streams.Session``; wire format: ``engine.serve.protocol``).
 
     {"type": "controls", "controls": {"smooth": 0.4, "lock_pose": true, ...}}
         -> {"type": "controls", "controls": {...every control now in force}}
@@ -17,14 +18,11 @@ import json
 import shutil
 import uuid
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from engine.errors import EngineError
 from engine.serve.errors import ApiError
 from engine.serve.sources import inline_source, source_path
-
-if TYPE_CHECKING:
-    from engine.serve.streams import Session
 
 MESSAGES = ("controls", "source")
 
@@ -35,7 +33,7 @@ class Refusal(Exception):
         self.code, self.field, self.message = code, field, message
 
 
-async def apply(session: Session, text: str | None) -> None:
+async def apply(session: Any, text: str | None) -> None:
     """One ``controls`` or ``source`` message; the answer (or a non-fatal error) is queued to the client."""
     try:
         message = json.loads(text or "")
@@ -65,7 +63,7 @@ async def _controls(stream: Any, raw: Any) -> dict:
     return {"type": "controls", "controls": asdict(now)}
 
 
-async def _source(session: Session, stream: Any, raw: Any) -> dict:
+async def _source(session: Any, stream: Any, raw: Any) -> dict:
     cfg = session.ctx.config
     tmp = None
     try:

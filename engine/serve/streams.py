@@ -24,7 +24,7 @@ from fastapi import APIRouter, WebSocket
 from PIL import Image
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from engine.api import Reenactor, RunControl, RunOptions
+from engine.api import Reenactor, ReenactStream, RunControl, RunOptions
 from engine.errors import EngineError
 from engine.runtime import Cancelled
 from engine.serve import live
@@ -88,7 +88,7 @@ class Session:
         self.aborted = threading.Event()  # stop now: the client left, or a frame was bad
         self.seconds: dict[str, float] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.stream = None  # the engine's ReenactStream once open (live changes go to it)
+        self.stream: ReenactStream | None = None  # the engine's stream once open (live changes go to it)
 
     # -- threads -----------------------------------------------------------------------------
     def _post(self, item: object) -> None:
