@@ -200,7 +200,9 @@ def test_ctrl_c_and_sigterm_leave_no_output(tmp_path: Path, sig: int) -> None:
     out = tmp_path / "interrupted.mp4"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli.reenact", "--out", str(out), "--steps", "25", "--progress", "plain"],
+        # one window at 64 px: the signal lands in the denoising loop sooner (pixels do not matter here)
+        [sys.executable, "-m", "engine.cli.reenact", "--out", str(out), "--steps", "25", "--max-frames", "14",
+         "--size", "64", "--progress", "plain"],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import httpx
 import numpy as np
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from engine.serve.protocol import pack_in, unpack_out
@@ -210,7 +211,7 @@ def run_stream(ws: ClientConnection, frames: list[np.ndarray], timeout: float = 
             index, stamp, latency, data = unpack_out(msg)
             rgb = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
             results.append((index, stamp, latency, rgb))
-    except Exception:  # noqa: BLE001 - the close (or a timeout) ends the read
+    except (ConnectionClosed, TimeoutError):  # the close, or the deadline, ends the read; nothing else
         pass
     code = ws.close_code
     ws.close()
@@ -226,7 +227,7 @@ def closed_with(ws: ClientConnection, timeout: float = 30) -> tuple[int | None, 
             msg = ws.recv(timeout=max(0.1, deadline - time.monotonic()))
             if isinstance(msg, str):
                 texts.append(json.loads(msg))
-    except Exception:  # noqa: BLE001
+    except (ConnectionClosed, TimeoutError):
         pass
     return ws.close_code, ws.close_reason or "", texts
 

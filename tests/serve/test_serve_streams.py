@@ -4,7 +4,6 @@ its counters, every close code, four concurrent sessions, and memory over 50 ses
 from __future__ import annotations
 
 import json
-import math
 import threading
 import time
 
@@ -175,5 +174,5 @@ def test_memory_after_50_sessions_is_back_within_10_percent(server: Server) -> N
     time.sleep(0.3)
     rss.append(server.rss_mib())
     print(f"server RSS after session 1: {rss[0]:.0f} MiB, after 50: {rss[1]:.0f} MiB")
+    assert rss[0] > 100, rss  # a live server process (torch alone is more), not a failed read
     assert rss[1] <= rss[0] * 1.10, rss
-    assert not math.isnan(rss[1])
