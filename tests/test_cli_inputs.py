@@ -4,9 +4,14 @@ exit status 2, one ``error:`` line naming the problem, no traceback, nothing lef
 from __future__ import annotations
 
 import json
+import pickle
+import subprocess
+import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -14,6 +19,8 @@ from safetensors.torch import save_file
 from engine.cli import build, fixtures, verify
 from engine.errors import WeightsError
 from engine.models import weights
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def run_cli(main: Callable[[list[str]], int], argv: list[str], capsys) -> tuple[int, str]:
@@ -187,13 +194,46 @@ def test_weights_errors_name_the_file_and_what_to_do(tmp_path: Path) -> None:
     torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pth")
     assert "state_dict()" in _weights_error(tmp_path / "module.pth")
     (tmp_path / "text.pth").write_text("hello")
-    assert "not a complete PyTorch checkpoint" in _weights_error(tmp_path / "text.pth")
+    assert "not a readable PyTorch checkpoint" in _weights_error(tmp_path / "text.pth")
     save_file(good, str(tmp_path / "good.safetensors"))
     data = (tmp_path / "good.safetensors").read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(data[:100])
     assert "not a complete safetensors" in _weights_error(tmp_path / "cut.safetensors")
     torch.save({"w": 3}, tmp_path / "numbers.pth")
     assert "state dict of tensors" in _weights_error(tmp_path / "numbers.pth")
+
+
+def test_random_bytes_and_plain_pickles_are_named_for_what_they_are(tmp_path: Path) -> None:
+    # random bytes used to be reported as "holds Python objects besides tensors (a whole pickled model?)"
+    (tmp_path / "random.pth").write_bytes(np.random.default_rng(0).bytes(4096))
+    msg = _weights_error(tmp_path / "random.pth")
+    assert "not a readable PyTorch checkpoint" in msg and "pickled model" not in msg
+    for protocol in (2, 4, 5):
+        path = tmp_path / f"bare{protocol}.pth"
+        with path.open("wb") as f:
+            pickle.dump({"w": torch.randn(2, 2)}, f, protocol=protocol)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            msg = _weights_error(path)
+        assert "plain Python pickle" in msg and "torch.save(model.state_dict()" in msg, msg
+        assert [str(w.message) for w in seen] == []  # torch's pickle-protocol UserWarning no longer shows
+
+
+def test_a_bare_pickle_is_one_error_line_from_the_cli(tmp_path: Path) -> None:
+    # the real command: before the fix, torch's UserWarning (pickle protocol) came before our error line
+    weights_dir = tmp_path / "pretrained_weights"
+    for slot in weights.LAYOUT:
+        path = weights_dir / slot.candidates[0]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as f:
+            pickle.dump({"w": torch.randn(2, 2)}, f, protocol=4)
+    out = tmp_path / "out.mp4"
+    res = subprocess.run([sys.executable, "-m", "engine.reenact", "--preset", "official", "--weights",
+                          str(weights_dir), "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: checkpoint ") and "plain Python pickle" in lines[0], lines
+    assert not out.exists()
 
 
 def test_legacy_torch_save_format_still_loads(tmp_path: Path) -> None:

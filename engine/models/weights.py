@@ -11,6 +11,7 @@ downloaded, ever.
 from __future__ import annotations
 
 import pickle
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,17 +169,55 @@ def _unreadable(path: Path, err: Exception) -> WeightsError:
         return WeightsError(f"checkpoint {path} cannot be read (permission denied): make it readable")
     if path.stat().st_size == 0:
         return WeightsError(f"checkpoint {path} is empty: the download did not finish; download it again")
-    if isinstance(err, pickle.UnpicklingError):
+    if isinstance(err, pickle.UnpicklingError) and "Unsupported global" in str(err):
         # weights_only refuses anything but tensors and plain containers: pickled code could run on load
         return WeightsError(
             f"checkpoint {path} holds Python objects besides tensors (a whole pickled model?), which are not "
             "loaded for safety: use the release's file, or re-save it as model.state_dict()"
+        )
+    if path.suffix != ".safetensors" and _is_plain_pickle(path):
+        return WeightsError(
+            f"checkpoint {path} is a plain Python pickle, not a PyTorch checkpoint (torch.save): "
+            "use the release's file, or re-save the weights with torch.save(model.state_dict(), path)"
+        )
+    if path.suffix != ".safetensors" and not _head(path, 4) == b"PK\x03\x04" and not _starts_like_torch_legacy(path):
+        return WeightsError(
+            f"checkpoint {path} is not a readable PyTorch checkpoint (neither torch.save's zip archive nor its "
+            "legacy format: another kind of file, or damaged): download it again from the source listed in "
+            "README, 'Official weights'"
         )
     kind = "safetensors" if path.suffix == ".safetensors" else "PyTorch checkpoint"
     return WeightsError(
         f"checkpoint {path} is not a complete {kind} (cut short, or not a weights file at all): "
         "download it again from the source listed in README, 'Official weights'"
     )
+
+
+# torch.save writes a zip archive (b"PK\x03\x04"); its legacy (pre-1.6) format opens with its magic
+# number, pickled (protocol 2, a LONG1)
+_TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+
+
+def _head(path: Path, n: int) -> bytes:
+    with path.open("rb") as f:
+        return f.read(n)
+
+
+def _starts_like_torch_legacy(path: Path) -> bool:
+    return _head(path, len(_TORCH_LEGACY_MAGIC)) == _TORCH_LEGACY_MAGIC
+
+
+def _is_plain_pickle(path: Path) -> bool:
+    """A ``pickle.dump`` file: a pickle protocol header (PROTO 2-5) without torch's magic number."""
+    head = _head(path, 2)
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5 and not _starts_like_torch_legacy(path)
+
+
+def _torch_load(path: Path, mmap: bool) -> object:
+    with warnings.catch_warnings():
+        # torch warns about the pickle protocol of a file it is about to refuse: our one error says it all
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -188,12 +227,12 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             return load_file(str(path))
         try:
-            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            sd = _torch_load(path, mmap=True)
         except RuntimeError as err:
             if "mmap" not in str(err):
                 raise
             # a legacy (pre-zip) torch.save file cannot be memory-mapped but is still a valid checkpoint
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+            sd = _torch_load(path, mmap=False)
     except Exception as err:  # noqa: BLE001 - any reader failure means the same thing to a user
         raise _unreadable(path, err) from None
     if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
