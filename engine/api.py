@@ -214,9 +214,7 @@ class Reenactor:
         """Drop cached sources and the backend's resources."""
         with self._lock:
             self._sources.clear()
-            close = getattr(self.backend, "close", None)
-            if close is not None:
-                close()
+            self.backend.close()
 
     def __enter__(self) -> Reenactor:
         return self
@@ -297,7 +295,7 @@ class Reenactor:
             raise InputError(f"mode {cfg.mode!r} (wfm_every {cfg.sampler.wfm_every}) needs the graphs {missing}, "
                              f"which this {self.backend.name} engine lacks: build them (engine.cli.build --graphs) or "
                              "run it on the torch backend")
-        if cfg.kv_downsample > 1 and getattr(self.backend, "nets", None) is None:
+        if cfg.kv_downsample > 1 and self.backend.nets is None:
             raise InputError("kv_downsample changes the networks' attention: it runs on the torch backend only")
 
     def _noise(self, cfg: RunConfig) -> Noise:

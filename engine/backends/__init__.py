@@ -7,16 +7,20 @@ TensorRT are imported only when asked for.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.backends.base import Backend, BackendError, GraphRunner
+from engine.config.settings import ModelConfig, RunConfig
+
+if TYPE_CHECKING:  # the networks (diffusers, transformers) load only for the torch backend
+    from engine.models.networks import Networks
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
 __all__ = ["BACKENDS", "Backend", "BackendError", "GraphRunner", "create_backend", "torch_specs"]
 
 
-def torch_specs(model: Any, size: int, window: int, time_context: str, nets: Any = None) -> dict:
+def torch_specs(model: ModelConfig, size: int, window: int, time_context: str, nets: Networks | None = None) -> dict:
     from engine.graphs.modules import ALL_GRAPH_NAMES, GraphOptions, build_specs
 
     # eager modules cost nothing until called: the fast modes' graphs are always there; the tiny
@@ -36,14 +40,15 @@ def precision_for_dtype(kind: str, dtype: str) -> str:
     raise BackendError(f"--backend {kind} runs float32 or float16 artifacts; dtype {dtype} needs --backend torch")
 
 
-def create_backend(kind: str, cfg: Any, nets: Any = None, engines: Path | None = None, **options: Any) -> Backend:
+def create_backend(kind: str, cfg: RunConfig, nets: Networks | None = None, engines: Path | None = None,
+                   **options: Any) -> Backend:
     """``kind`` for a pipeline with RunConfig ``cfg``: torch needs ``nets``, the others ``engines``."""
     if kind == "torch":
         from engine.backends.torch_backend import TorchBackend
 
         if nets is None:
             raise BackendError("the torch backend needs the networks (weights)")
-        if getattr(nets, "time_context", cfg.sampler.time_context) != cfg.sampler.time_context:
+        if nets.time_context != cfg.sampler.time_context:
             # the layout is baked into the modules; a run config saying otherwise would be a lie
             raise BackendError(
                 f"the networks were built with time context {nets.time_context!r} but the run asks for "
@@ -57,7 +62,7 @@ def create_backend(kind: str, cfg: Any, nets: Any = None, engines: Path | None =
         raise BackendError(f"--backend {kind} needs --engines DIR (built with python -m engine.build)")
     expect = {"model": cfg.model, "time_context": cfg.sampler.time_context, "image_size": cfg.size,
               "window": cfg.windows.size}
-    options.setdefault("precision", precision_for_dtype(kind, getattr(cfg, "dtype", "float32")))
+    options.setdefault("precision", precision_for_dtype(kind, cfg.dtype))
     if kind == "onnxruntime":
         from engine.backends.ort_backend import OrtBackend
 

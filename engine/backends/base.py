@@ -10,11 +10,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 import torch
 
 from engine.errors import EngineError
 from engine.graphs.spec import GraphSpec
+
+if TYPE_CHECKING:  # the networks load only for the torch backend
+    from engine.models.networks import Networks
 
 Tensors = dict[str, torch.Tensor]
 
@@ -60,9 +64,13 @@ class GraphRunner(ABC):
 
 
 class Backend:
-    """Named graph runners sharing a device."""
+    """Named graph runners sharing a device.
+
+    Declared capability: ``nets``, the eager networks behind the graphs (the torch backend's), for what
+    rewrites the networks themselves (``kv_downsample``); None where the graphs are built artifacts."""
 
     name = "base"
+    nets: Networks | None = None
 
     def __init__(self, runners: Mapping[str, GraphRunner], device: torch.device | str = "cpu") -> None:
         self.runners = dict(runners)

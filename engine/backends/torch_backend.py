@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from engine.backends.base import Backend, GraphRunner, Tensors, check_names
 from engine.graphs.spec import GraphSpec
+
+if TYPE_CHECKING:
+    from engine.models.networks import Networks
 
 
 class TorchGraph(GraphRunner):
@@ -45,8 +49,8 @@ class TorchGraph(GraphRunner):
 class TorchBackend(Backend):
     name = "torch"
 
-    def __init__(self, nets: object, specs: Mapping[str, GraphSpec]) -> None:
+    def __init__(self, nets: Networks, specs: Mapping[str, GraphSpec]) -> None:
         runners = {name: TorchGraph(spec, spec.factory(nets)) for name, spec in specs.items()}
         device = next(iter(runners.values())).device if runners else torch.device("cpu")
         super().__init__(runners, device)
-        self.nets = nets
+        self.nets: Networks = nets

@@ -318,7 +318,7 @@ class DenoiseStage:
     def _approximations(self, kv: int) -> contextlib.AbstractContextManager:
         if kv == 1:
             return contextlib.nullcontext()
-        nets = getattr(self.backend, "nets", None)
+        nets = self.backend.nets
         if nets is None:
             raise ValueError(f"kv_downsample {kv} changes the networks: it runs on the torch backend only")
         return kv_downsample(nets.denoiser, kv)
