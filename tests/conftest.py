@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see engine/__init__.py
 
@@ -22,7 +23,20 @@ SHARED = REPO.parent / "shared"
 FIXTURES = SHARED / "fixtures" / "official"
 MEDIA = SHARED / "media"
 
-torch.set_num_threads(2)
+# two cores: one test process uses both; under pytest-xdist (-n 2) each worker takes one
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # xdist controller: fix the run id the workers get, so it can remove their shared job folder
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        if not config.option.testrunuid:
+            config.option.testrunuid = uuid.uuid4().hex
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        engines_support.cleanup_shared(config.option.testrunuid)
 
 
 @pytest.fixture(scope="session")
