@@ -45,7 +45,7 @@ def _student(args, log) -> dict:
     teacher = Reenactor.from_preset(args.preset, opts, weights=args.weights)
     student = Reenactor.from_preset(args.preset, opts, weights=args.weights)
     sources = [teacher.set_source(p).features for p in args.source]
-    examples = []
+    examples: list = []
     for frames in _frames(args.driving, teacher.size, WINDOW * args.windows_per_video):
         for w in range(len(frames) // WINDOW):
             examples.append(Example(sources[len(examples) % len(sources)], frames[w * WINDOW : (w + 1) * WINDOW],
