@@ -106,7 +106,7 @@ def _jobs(fixtures_dir: Path | None) -> dict[str, Job]:
         JOBS["tiny"] = Job("tiny", [sys.executable, "-m", "engine.cli.build", "--preset", "tiny", "--target", "onnx",
                             "--out", str(TINY_ENGINES), "--threads", "1", "--quiet"])
     if "modes" not in JOBS:
-        JOBS["modes"] = Job([sys.executable, "-m", "engine.cli.build", "--preset", "tiny", "--target", "onnx",
+        JOBS["modes"] = Job("modes", [sys.executable, "-m", "engine.cli.build", "--preset", "tiny", "--target", "onnx",
                              "--out", str(MODE_ENGINES), "--graphs", *MODE_GRAPHS, "--no-parity", "--threads", "1",
                              "--quiet"])
     if fixtures_dir is not None and "fixture" not in JOBS:
