@@ -169,16 +169,16 @@ def _unreadable(path: Path, err: Exception) -> WeightsError:
         return WeightsError(f"checkpoint {path} cannot be read (permission denied): make it readable")
     if path.stat().st_size == 0:
         return WeightsError(f"checkpoint {path} is empty: the download did not finish; download it again")
+    if path.suffix != ".safetensors" and _is_plain_pickle(path):
+        return WeightsError(
+            f"checkpoint {path} is a plain Python pickle, not a PyTorch checkpoint (torch.save): "
+            "use the release's file, or re-save the weights with torch.save(model.state_dict(), path)"
+        )
     if isinstance(err, pickle.UnpicklingError) and "Unsupported global" in str(err):
         # weights_only refuses anything but tensors and plain containers: pickled code could run on load
         return WeightsError(
             f"checkpoint {path} holds Python objects besides tensors (a whole pickled model?), which are not "
             "loaded for safety: use the release's file, or re-save it as model.state_dict()"
-        )
-    if path.suffix != ".safetensors" and _is_plain_pickle(path):
-        return WeightsError(
-            f"checkpoint {path} is a plain Python pickle, not a PyTorch checkpoint (torch.save): "
-            "use the release's file, or re-save the weights with torch.save(model.state_dict(), path)"
         )
     if path.suffix != ".safetensors" and not _head(path, 4) == b"PK\x03\x04" and not _starts_like_torch_legacy(path):
         return WeightsError(
