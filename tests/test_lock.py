@@ -39,7 +39,10 @@ def read_lock(path: Path) -> dict[str, str]:
 
 
 def installed() -> dict[str, str]:
-    return {_norm(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    # only this venv's site-packages: a test may put other folders on sys.path in-process
+    site = Path(sys.prefix).resolve()
+    return {_norm(d.metadata["Name"]): d.version for d in metadata.distributions()
+            if Path(str(d.locate_file(""))).resolve().is_relative_to(site)}
 
 
 def test_lock_pins_every_line_exactly() -> None:

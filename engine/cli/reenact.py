@@ -281,11 +281,11 @@ def _run_stream(engine, source, args, options, progress) -> tuple[str, dict[str,
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    torch.set_grad_enabled(False)
     on_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _sigterm) if on_main else None
     try:
-        print(run(args))
+        with torch.no_grad():  # a context, not set_grad_enabled(False): in-process callers keep their mode
+            print(run(args))
     except EngineError as err:
         if err.exit_code == 130:
             print("interrupted: no output was written", file=sys.stderr)

@@ -16,11 +16,14 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers.models.autoencoders.vae import DecoderTiny
 
 from engine.errors import WeightsError
+
+if TYPE_CHECKING:
+    from diffusers.models.autoencoders.vae import DecoderTiny
 
 TAESD = {"num_blocks": (3, 3, 3, 1), "upsampling_scaling_factor": 2, "act_fn": "relu", "upsample_fn": "nearest"}
 TAESD_WIDTH = 64  # the released TAESD's channels at every level
@@ -37,6 +40,8 @@ HOW = ("give diffusers' AutoencoderTiny weights (e.g. madebyollin/taesd), madeby
 
 
 def build(latent_channels: int = 4, width: int = TAESD_WIDTH) -> DecoderTiny:
+    from diffusers.models.autoencoders.vae import DecoderTiny  # imported where used (optional on a GPU box)
+
     return DecoderTiny(in_channels=latent_channels, out_channels=3, block_out_channels=(width,) * 4, **TAESD)
 
 
