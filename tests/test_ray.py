@@ -1,6 +1,7 @@
-"""Scale-out on a real local Ray cluster (2 CPUs, started once per session): the batch runner, and the
-close frame Serve replicas give a session whose replica died. Every process Ray starts is stopped at the
-end. The Serve and Train cluster tests are in ``pending_ray_serve_train.py`` (see its docstring)."""
+"""Scale-out on a real local Ray cluster (2 CPUs, one for this module: every Ray test is here, so that
+pytest-xdist's ``--dist loadfile`` runs them on one worker, one cluster at a time): the batch runner,
+Ray Train (2 workers == 1 worker accumulating 2), Serve replicas (a replica killed mid-session), and the
+close frame the proxy gives a session whose replica died. Every process Ray starts is stopped at the end."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -21,24 +23,33 @@ REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "engine" / "assets"
 
 
-@pytest.fixture(scope="session")
+# Ray's processes read these when the cluster starts. Serve's proxy has 5 s to answer a ready check and
+# 10 s a health check by default; on 2 cores shared with other jobs a slow answer would get it restarted.
+SLOW_MACHINE_ENV = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "60"}
+
+
+@pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[str]:
     """A local cluster of 2 CPUs; yields its address for subprocesses (``--address``)."""
-    from engine.serve.ray_serve import proxy_env
+    from engine.serve.ray_serve import PROXY_CALLBACK, PROXY_CALLBACK_ENV
 
-    proxy_env()  # Serve's proxy (a process of this cluster) loads our middleware: before the cluster starts
-    for attempt in (1, 2):  # a raylet has 30 s to register: on a machine busy with other jobs, try twice
+    with pytest.MonkeyPatch.context() as env:
+        # Serve's proxy (a process of this cluster) loads our middleware: set before the cluster starts
+        env.setenv(PROXY_CALLBACK_ENV, PROXY_CALLBACK)
+        for name, value in SLOW_MACHINE_ENV.items():
+            env.setenv(name, value)
+        for attempt in (1, 2):  # a raylet has 30 s to register: on a machine busy with other jobs, try twice
+            try:
+                ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+                break
+            except Exception:  # noqa: BLE001 - Ray raises a bare Exception for this
+                ray.shutdown()
+                if attempt == 2:
+                    raise
         try:
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-            break
-        except Exception:  # noqa: BLE001 - Ray raises a bare Exception for this
+            yield ray.get_runtime_context().gcs_address
+        finally:
             ray.shutdown()
-            if attempt == 2:
-                raise
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
 
 
 def _references(items: list[tuple[str, str, int, int]], folder: Path) -> dict[str, bytes]:
@@ -158,3 +169,160 @@ def test_replica_loss_middleware_sends_a_close_frame() -> None:
                              "reason": "the replica serving this session stopped: reconnect"}
     assert [m["type"] for m in run(closes)] == ["websocket.accept", "websocket.close"]
     assert run(closes)[-1]["code"] == 1000
+
+
+def test_ray_train_two_workers_equal_one_with_twice_the_accumulation(ray_cluster: str, tmp_path: Path) -> None:
+    """TorchTrainer, 2 CPU workers (gloo), 1 clip per step each == the plain loop accumulating 2 micro-batches
+    of 1 clip: the same losses and the same trained weights after 2 steps (float rounding apart)."""
+    import numpy as np
+
+    from engine.train.loop import TrainConfig, train_loop
+    from engine.train.ray_train import fit
+
+    small = dict(data=ASSETS, preset="tiny", size=64, frames=2, batch=1, workers=0, quiet=True, lr=1e-3, steps=2)
+    two = fit(TrainConfig(out=tmp_path / "ray", accumulate=1, **small), workers=2)  # type: ignore[arg-type]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each Ray worker (cpus_per_worker=1)
+    try:
+        one = train_loop(TrainConfig(out=tmp_path / "one", accumulate=2, **small))  # type: ignore[arg-type]
+    finally:
+        torch.set_num_threads(threads)
+    state = torch.load(tmp_path / "ray" / "checkpoint-2" / "state.pt", weights_only=False)
+    assert state["data"]["per_step"] == 2  # batch 1 x accumulate 1 x 2 processes: both workers trained
+    assert len(two) == 2
+    np.testing.assert_allclose(two, [one.losses[0], one.losses[1]], rtol=1e-5)
+    name = "warping_feature_mapper.pth"
+    a = torch.load(tmp_path / "ray" / "checkpoint-2" / name, weights_only=True)
+    b = torch.load(tmp_path / "one" / "checkpoint-2" / name, weights_only=True)
+    assert a.keys() == b.keys()
+    worst = max(((a[k] - b[k]).abs().max() / b[k].abs().max().clamp_min(1e-12)).item() for k in a)
+    assert worst < 1e-4, worst
+
+
+class _Serve:
+    """A client of the Serve deployment on loopback: replicas by ``GET /v1/replica``, WS sessions."""
+
+    def __init__(self, port: int) -> None:
+        import base64
+
+        import cv2
+        import numpy as np
+
+        self.url = f"http://127.0.0.1:{port}"
+        self.source = base64.b64encode((ASSETS / "source.png").read_bytes()).decode()
+        self.frame = cv2.imencode(".jpg", np.full((96, 96, 3), 128, np.uint8))[1].tobytes()
+
+    def replicas(self, want: int = 2, ready: bool = True, timeout: float = 180.0) -> dict[str, dict]:
+        """Ask until ``want`` distinct replicas (loaded ones if ``ready``) have answered within one
+        round of 30 requests (each request goes to one replica); every request must succeed."""
+        import time
+
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while True:
+            seen: dict[str, dict] = {}
+            for _ in range(30):
+                r = httpx.get(self.url + "/v1/replica", timeout=30)
+                assert r.status_code == 200, r.text  # a dead replica's requests go to a live one
+                info = r.json()
+                if info["ready"] or not ready:
+                    seen[info["replica"]] = info
+                if len(seen) == want:
+                    return seen
+            assert time.monotonic() < deadline, f"only {sorted(seen)} of {want} replicas answered"
+            time.sleep(1.0)
+
+    def session(self, tries: int = 20) -> Any:
+        """An open WS session that said ``ready``. A refusal a client is told to retry (1013 engines
+        loading, 4429 every slot of that replica busy, 1012 its replica died) is retried: Serve's proxy
+        may send the new connection to another replica."""
+        from websockets.exceptions import ConnectionClosed
+        from websockets.sync.client import connect
+
+        refusals = []
+        for _ in range(tries):
+            ws = connect(self.url.replace("http", "ws") + "/v1/stream", max_size=None, open_timeout=60,
+                         close_timeout=10)
+            ws.send(json.dumps({"type": "start", "source": {"data": self.source}, "options": {"steps": 1},
+                                "queue": "block"}))
+            try:
+                reply = json.loads(ws.recv(timeout=120))
+            except ConnectionClosed:
+                reply = {"type": "error", "code": ws.close_code}
+            if reply["type"] == "ready":
+                return ws
+            ws.close()
+            refusals.append(reply)
+            assert reply["code"] in (1012, 1013, 4429), reply
+        raise AssertionError(f"no session after {tries} tries: {refusals}")
+
+    def send(self, ws: Any, frames: range) -> None:
+        from engine.serve.protocol import pack_in
+
+        for i in frames:
+            ws.send(pack_in(self.frame, float(i)))
+
+    def first_result(self, ws: Any) -> int:
+        """The index of the first result frame (status messages before it are skipped)."""
+        from engine.serve.protocol import unpack_out
+
+        while isinstance(msg := ws.recv(timeout=120), str):
+            pass
+        return unpack_out(msg)[0]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_serve_replicas_spread_sessions_and_survive_a_replica(ray_cluster: str, tmp_path: Path) -> None:
+    """2 replicas (one stream slot each) behind Serve's proxy: two concurrent WS sessions are both served,
+    so one on each replica. SIGKILL one replica mid-session: its session gets close 1012 (not a dropped
+    connection), the other's frames still come back, HTTP requests keep succeeding, Serve starts a
+    replacement, and a new session is served by it."""
+    import httpx
+    from ray import serve
+    from websockets.exceptions import ConnectionClosed
+
+    from engine.serve.config import ServeConfig
+    from engine.serve.ray_serve import REPLICA_LOST, run
+
+    port = _free_port()
+    client = _Serve(port)
+    config = ServeConfig(size=64, default_steps=1, max_streams=1, idle_timeout=600, data=tmp_path / "data")
+    run(config, 2, "127.0.0.1", port, cpus_per_replica=0.5, blocking=False)
+    opened: list[Any] = []
+    try:
+        first = client.replicas()
+        assert httpx.get(client.url + "/v1/jobs", timeout=30).status_code == 409  # jobs: the batch runner
+        opened += [client.session(), client.session()]
+        busy = {k: v for k, v in client.replicas(ready=False).items() if v["streams"]}
+        assert sorted(busy) == sorted(first), busy  # one session on each replica
+        for ws in opened:
+            client.send(ws, range(8))  # mid-traffic: half of the first window sent
+        victim = next(iter(busy.values()))
+        os.kill(victim["pid"], signal.SIGKILL)
+        outcomes = []
+        for ws in opened:
+            try:
+                client.send(ws, range(8, 16))
+                outcomes.append(("served", client.first_result(ws)))
+            except ConnectionClosed:  # the killed replica's session ends here
+                outcomes.append(("closed", ws.close_code))
+        assert sorted(outcomes) == [("closed", REPLICA_LOST), ("served", 0)], outcomes
+        now = client.replicas()  # every request answered meanwhile; a replacement is up and loaded
+        assert victim["replica"] not in now and len(set(now) - set(first)) == 1, (first, now)
+        replacement = next(k for k in now if k not in first)
+        opened.append(client.session())  # the survivor's slot is taken: this one goes to the replacement
+        assert client.replicas(ready=False)[replacement]["streams"] == 1
+        client.send(opened[-1], range(16))
+        assert client.first_result(opened[-1]) == 0
+    finally:
+        for ws in opened:
+            ws.close()
+        serve.shutdown()

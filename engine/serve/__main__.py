@@ -119,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.ray:
         from engine.serve.ray_serve import run
 
+        if config.max_streams < 1:  # a replica has no job engine: its stream slots are all it serves
+            print("error: --max-streams must be at least 1 with --ray (replicas serve streams only)", file=sys.stderr)
+            return 2
+
         run(config, args.ray, args.host, args.port, args.ray_address, args.ray_cpus, args.ray_gpus)
         return 0
     import uvicorn

@@ -23,6 +23,7 @@ class ServeConfig:
     max_pixels: int = 4096 * 4096  # per driving frame / stream frame / source image
     max_queue: int = 16  # jobs waiting (queued, not running) before 429
     max_streams: int = 2  # concurrent WebSocket sessions (= stream engines in the pool)
+    job_engine: bool = True  # False: no engine for offline jobs (Ray Serve replicas, whose /v1/jobs answer 409)
     stream_queue: int = 8  # per-session input frames waiting for the engine (see drop policy)
     idle_timeout: float = 30.0  # seconds without a client message before a stream is closed
     max_attempts: int = 2  # runs of one job across restarts before it is failed (crash-loop guard)

@@ -41,7 +41,8 @@ class Engines:
         """Build every engine (blocking: run it in a thread); ``ready`` is set when all are loaded."""
         start = time.perf_counter()
         try:
-            self.jobs = self._build()
+            if self.config.job_engine:
+                self.jobs = self._build()
             for _ in range(self.config.max_streams):
                 engine = self._build()
                 self._all.append(engine)
@@ -51,14 +52,15 @@ class Engines:
             log.error("engines failed to load: %s", self.error)
             return
         self.load_seconds = time.perf_counter() - start
-        log.info("engines ready: 1 for jobs + %d for streams (%s, %dx%d) in %.1f s", self.config.max_streams,
-                 self.config.preset, self.size, self.size, self.load_seconds)
+        log.info("engines ready: %d for jobs + %d for streams (%s, %dx%d) in %.1f s", int(self.config.job_engine),
+                 self.config.max_streams, self.config.preset, self.size, self.size, self.load_seconds)
         self.ready.set()
 
     @property
     def size(self) -> int:
-        assert self.jobs is not None, "engines not loaded"
-        return self.jobs.size
+        engine = self.jobs or (self._all[0] if self._all else None)
+        assert engine is not None, "engines not loaded"
+        return engine.size
 
     def acquire_stream(self) -> Reenactor | None:
         """A free stream engine, or None when every slot is taken (never waits)."""

@@ -89,14 +89,17 @@ def replica_app(config: dict[str, Any]) -> Any:
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     replica = serve.get_replica_context().replica_id.unique_id
-    fields = {**config, "data": Path(config["data"]) / f"replica-{replica}"}
+    # no job engine: a replica serves no offline jobs (below), so it holds only its stream engines
+    fields = {**config, "data": Path(config["data"]) / f"replica-{replica}", "job_engine": False}
     app = create_app(ServeConfig(**fields))
 
     @app.get("/v1/replica")
     async def whoami(request: Request) -> dict[str, Any]:
-        """Which replica answered, with its process and open sessions (for operators and tests)."""
+        """Which replica answered: its process, whether its engines are loaded, its open sessions (for
+        operators and tests: sessions sent to a replica still loading are refused with 1013)."""
         ctx = request.app.state.ctx
-        return {"replica": replica, "pid": os.getpid(), "streams": len(ctx.sessions.active)}
+        return {"replica": replica, "pid": os.getpid(), "ready": ctx.engines.ready.is_set(),
+                "streams": len(ctx.sessions.active)}
 
     async def no_jobs(request: Request) -> None:
         raise ApiError(409, "jobs", "this server runs as Ray Serve replicas without a job store", JOBS_HINT)
