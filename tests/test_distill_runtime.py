@@ -5,6 +5,7 @@ loss, ``engine.distill --what vae-decoder`` with resume, and the cost model's ul
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -131,20 +132,82 @@ def test_student_training_step_lowers_its_loss(files: dict[str, Path]) -> None:
     assert losses[-1] < losses[0], losses
 
 
-def test_distill_vae_decoder_cli_resumes(tmp_path: Path, capsys) -> None:
-    out = tmp_path / "run"
-    base = ["--what", "vae-decoder", "--out", str(out), "--driving", str(ASSETS / "driving.mp4"), "--size",
-            str(SIZE), "--max-frames", "12", "--save-every", "1", "--quiet"]
-    assert distill_cli.main([*base, "--iters", "2"]) == 0
-    assert distill_cli.main([*base, "--iters", "3", "--resume"]) == 0
-    iters = [json.loads(line)["iter"] for line in (out / "log.jsonl").read_text().splitlines()]
-    assert iters == [1, 2, 3]  # the resumed run went on from the checkpoint
-    report = json.loads((out / "report.json").read_text())
-    assert report["held_out_frames"] == 3 and np.isfinite(report["held_out_psnr_vs_full_decoder"])
-    taesd.load(out / "taesd_decoder.safetensors", 4, report["width"])
-    with pytest.raises(SystemExit):  # a student needs sources
-        distill_cli.main(["--what", "student", "--out", str(tmp_path / "s"), "--driving", str(ASSETS / "driving.mp4")])
-    assert capsys.readouterr().err.startswith("error: ")
+def _losses(run: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+DATA = ["--data", str(ASSETS), "--size", str(SIZE), "--frames", "2", "--examples", "2", "--save-every", "1",
+        "--quiet"]  # engine/assets: two clips, the second held out
+
+
+def test_distill_vae_decoder_resumes_bit_identically(tmp_path: Path, capsys) -> None:
+    """engine.train's loop: 3 iterations == 2, then a resumed run to 3 (the same losses, bit for bit)."""
+    base = ["--what", "vae-decoder", *DATA]
+    assert distill_cli.main([*base, "--out", str(tmp_path / "whole"), "--iters", "3"]) == 0
+    part = tmp_path / "part"
+    assert distill_cli.main([*base, "--out", str(part), "--iters", "2"]) == 0
+    assert distill_cli.main([*base, "--out", str(part), "--iters", "3"]) == 0
+    assert _losses(part) == _losses(tmp_path / "whole") and len(set(_losses(part))) == 3
+    kept = sorted(p.name for p in part.iterdir() if p.name.startswith("checkpoint-"))
+    assert kept == ["checkpoint-2", "checkpoint-3"]
+    report = json.loads((part / "report.json").read_text())
+    assert report["held_out_frames"] == 2 and np.isfinite(report["held_out_psnr_vs_full_decoder"])
+    taesd.load(part / "taesd_decoder.safetensors", 4, report["width"])
+    capsys.readouterr()
+    # a run folder of another distillation is refused; one clip leaves nothing to hold out
+    assert distill_cli.main(["--what", "student", *DATA, "--out", str(part), "--iters", "4"]) == 2
+    assert "use another --out" in capsys.readouterr().err
+    one = ["--what", "vae-decoder", "--data", str(ASSETS / "driving.mp4"), "--out", str(tmp_path / "one")]
+    assert distill_cli.main(one) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "--holdout 0" in err, err
+    assert not (tmp_path / "one").exists()
+
+
+def test_distill_student_resumes_bit_identically(tmp_path: Path) -> None:
+    """The student's loop resumed (teacher trajectories from the run folder's cache) == one whole run."""
+    from engine.distill.train import DistillConfig, distill_loop
+
+    def cfg(out: Path, iters: int) -> DistillConfig:
+        return DistillConfig(what="student", data=ASSETS / "driving.mp4", out=out, size=SIZE, frames=2, examples=1,
+                             holdout=0, iters=iters, lr=1e-3, save_every=1, quiet=True)
+
+    whole = distill_loop(cfg(tmp_path / "whole", 3))
+    assert whole is not None and whole["drift"] == []
+    shutil.copytree(tmp_path / "whole" / "teacher", tmp_path / "part" / "teacher")  # the cache, reused
+    distill_loop(cfg(tmp_path / "part", 2))
+    distill_loop(cfg(tmp_path / "part", 3))
+    assert _losses(tmp_path / "part") == _losses(tmp_path / "whole")
+    a = student.read_info(tmp_path / "whole" / "student.safetensors")[0]
+    b = student.read_info(tmp_path / "part" / "student.safetensors")[0]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_distill_two_processes_equal_one_with_twice_the_accumulation(tmp_path: Path) -> None:
+    """torchrun, 2 CPU processes (gloo), 1 example each == 1 process accumulating 2 (engine.train's DDP)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    common = ["--what", "vae-decoder", *DATA, "--holdout", "0", "--iters", "2", "--threads", "1"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+         "--master-port", str(port), "-m", "engine.distill", *common, "--out", str(tmp_path / "ddp")],
+        env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    threads = torch.get_num_threads()
+    try:
+        assert distill_cli.main([*common, "--accumulate", "2", "--out", str(tmp_path / "one")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_allclose(_losses(tmp_path / "ddp"), _losses(tmp_path / "one"), rtol=1e-5)
+    a = taesd.load(tmp_path / "ddp" / "taesd_decoder.safetensors", 4, 16).state_dict()
+    b = taesd.load(tmp_path / "one" / "taesd_decoder.safetensors", 4, 16).state_dict()
+    assert max(float((a[k] - b[k]).abs().max() / b[k].abs().max().clamp_min(1e-12)) for k in a) < 1e-4
 
 
 def test_cost_model_ultra_within_real_time_budget() -> None:

@@ -9,10 +9,9 @@ raised). Each ``RUN/checkpoint-N/`` holds the release's ``warping_feature_mapper
 
 from __future__ import annotations
 
+import contextlib
 import shutil
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from engine.cli.args import Parser, creatable_dir, finite_float, int_in, positive_int, seed_int
@@ -64,12 +63,10 @@ def parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     created = not args.out.exists()
-    stop = threading.Event()
-    on_main = threading.current_thread() is threading.main_thread()
-    previous = {}
-    if on_main:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, lambda *_: stop.set())
+    from engine.train.optimise import stop_on_signals
+
+    signals = contextlib.ExitStack()
+    stop = signals.enter_context(stop_on_signals())  # Ctrl-C / SIGTERM: a checkpoint, then exit 130
     try:
         import torch
 
@@ -108,8 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        signals.close()
     last = result.checkpoint
     print(f"{'stopped' if result.stopped else 'done'}: steps {result.start_step}->{result.end_step}, "
           f"{result.samples_per_s:.3f} samples/s, checkpoint {last}")

@@ -91,16 +91,16 @@ def student_denoised(student, cfg: RunConfig, prep: Prepared, x: torch.Tensor, s
 
 
 @torch.enable_grad()  # whatever the caller's mode (a CLI may have switched gradients off process-wide)
-def train_step(student, cfg: RunConfig, prep: Prepared, traj: list[torch.Tensor], graph: DenoiserCondGraph
-               ) -> float:
-    """Backward of every student step's loss (teacher-forced: each step starts at the teacher's x_k);
-    gradients accumulate in the student's parameters. Returns the summed loss."""
+def train_step(student, cfg: RunConfig, prep: Prepared, traj: list[torch.Tensor], graph: DenoiserCondGraph,
+               scale: float = 1.0) -> float:
+    """Backward of every student step's loss times ``scale`` (teacher-forced: each step starts at the
+    teacher's x_k); gradients accumulate in the student's parameters. Returns the summed loss (unscaled)."""
     sigmas = sampling.make_schedule("distilled", cfg.sampler.steps, cfg.sampler.scheduler).sigmas
     total = 0.0
     for i in range(len(sigmas) - 1):
         denoised = student_denoised(student, cfg, prep, traj[i], sigmas[i], graph)
         loss = step_loss(denoised, traj[i], traj[i + 1], sigmas[i], sigmas[i + 1])
-        loss.backward()  # per step: the denoise stage's input buffers are reused by the next forward
+        (loss * scale).backward()  # per step: the denoise stage's input buffers are reused by the next forward
         total += float(loss.detach())
     return total
 

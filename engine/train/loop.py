@@ -6,20 +6,18 @@ accumulate, backward), the gradients averaged over processes, clipped at ``max_g
 schedule. Every ``checkpoint_every`` steps (and at the end, and on Ctrl-C / SIGTERM) a checkpoint;
 every ``log_every`` a JSONL line (``RUN/log.jsonl``, TensorBoard when installed) and a progress line; every
 ``validate_every`` a validation render. Re-running with the same ``out`` resumes from its latest
-checkpoint; the losses continue bit-identically (data and draws are functions of the sample index).
+checkpoint; the losses continue bit-identically (data and draws are functions of the sample index). The
+optimizer, checkpoints, log and step loop are ``engine.train.optimise`` (shared with ``engine.distill``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import math
-import sys
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -28,6 +26,7 @@ from engine.errors import InputError
 from engine.train import checkpoint as ckpt
 from engine.train import data, distributed, setup
 from engine.train.modules import from_networks
+from engine.train.optimise import Optimisation, OptimSettings, TrainResult, say_for
 from engine.train.step import DROPOUT_PROB, Draws, set_batch_layout, train_step
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -68,6 +67,10 @@ class TrainConfig:
     time_context: str = "release"
     quiet: bool = False
 
+    def optim(self) -> OptimSettings:
+        return OptimSettings(self.steps, self.lr, self.warmup, self.weight_decay, self.max_grad_norm, self.optimizer,
+                             self.checkpoint_every, self.keep, self.log_every)
+
     def check(self) -> None:
         if self.steps < 1:
             raise InputError(f"--steps must be >= 1, got {self.steps}")
@@ -83,17 +86,6 @@ class TrainConfig:
             raise InputError(f"--lr must be a positive number, got {self.lr}")
         if self.optimizer == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
             setup.make_optimizer([], "adamw8bit", self.lr)  # raises the one clear message, before any work
-
-
-@dataclass
-class TrainResult:
-    start_step: int
-    end_step: int
-    losses: dict[int, float] = field(default_factory=dict)  # step -> loss (mean over the step's samples)
-    checkpoint: Path | None = None
-    stopped: bool = False
-    samples_per_s: float = 0.0
-    skipped: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -128,7 +120,7 @@ def train_loop(cfg: TrainConfig, stop: threading.Event | None = None,
 
 def _train(cfg: TrainConfig, d: distributed.Dist, stop: threading.Event,
            on_step: Callable[[int, dict], None] | None) -> TrainResult:
-    say = (lambda msg: None) if (cfg.quiet or not d.is_main) else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    say = say_for(cfg.quiet, d)
     out = Path(cfg.out)
     # 1. data (every rank scans: cheap, and every rank needs the clip list)
     report = data.scan(Path(cfg.data), cfg.frames, cfg.align, cfg.weights)
@@ -153,26 +145,14 @@ def _train(cfg: TrainConfig, d: distributed.Dist, stop: threading.Event,
     if cfg.gradient_checkpointing:
         setup.enable_gradient_checkpointing(modules.wfm)
         setup.enable_gradient_checkpointing(modules.unet)
-    params = [p for m in modules.trainable().values() for p in m.parameters()]
-    optimizer = setup.make_optimizer(params, cfg.optimizer, cfg.lr, cfg.weight_decay)
-    scheduler = setup.constant_with_warmup(optimizer, cfg.warmup)
-    fingerprint = ckpt.config_fingerprint(model)
     layout = data.Layout(cfg.batch, cfg.accumulate, d.world)
+    meta = {"preset": cfg.preset, "fingerprint": ckpt.config_fingerprint(model),
+            "config": {k: str(v) for k, v in asdict(cfg).items()}}
+    opt = Optimisation(out, d, modules.trainable(), layout, cfg.optim(), meta)
 
     # 3. resume
-    start = 0
-    last = ckpt.latest(out)
+    start, last = opt.resume()
     if last is not None:
-        state = ckpt.load(last, fingerprint, cfg.preset)
-        for name, module in modules.trainable().items():
-            module.load_state_dict(state["model"][name])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        ckpt.set_rng_state(state["rng"])
-        start = int(state["step"])
-        if state["data"]["per_step"] != layout.per_step:
-            raise InputError(f"{last} was trained with {state['data']['per_step']} samples per step "
-                             f"(batch x accumulate x processes), this run has {layout.per_step}: keep them equal")
         say(f"resuming from {last} (step {start})")
     result = TrainResult(start, start, skipped=report.skipped)
     if start >= cfg.steps:
@@ -180,118 +160,34 @@ def _train(cfg: TrainConfig, d: distributed.Dist, stop: threading.Event,
         result.checkpoint = last
         return result
 
-    if d.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    distributed.barrier(d)
     dataset = data.ClipDataset(clips, cfg.frames, size, cfg.sample_rate, cfg.seed)
     batches = iter(data.loader(dataset, layout, d.rank, start, cfg.steps, cfg.workers))
-    logger = _Logger(out, d.is_main)
     say(f"training {cfg.preset} on {report.summary()}: steps {start}->{cfg.steps}, {layout.per_step} samples/step "
         f"({cfg.batch} x {cfg.accumulate} x {d.world} processes), {size}px, {cfg.frames} frames, {d.device}")
 
-    def save(step: int) -> Path | None:
-        path = None
-        if d.is_main:
-            state = {
-                "step": step,
-                "model": {n: m.state_dict() for n, m in modules.trainable().items()},
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": ckpt.rng_state(),
-                "data": {"samples_consumed": step * layout.per_step, "per_step": layout.per_step},
-                "meta": {"preset": cfg.preset, "fingerprint": fingerprint,
-                         "config": {k: str(v) for k, v in asdict(cfg).items()}},
-            }
-            path = ckpt.save(out, step, modules.trainable(), state, cfg.keep)
-        distributed.barrier(d)
-        return path
-
-    # 4. the loop
-    t_start = time.perf_counter()
-    step = start
+    # 4. the loop: the micro-batch is this loop's own, the rest engine.train.optimise's
     latent_channels = int(model.vae.get("latent_channels", 4))
     autocast = (torch.autocast(device_type="cuda", dtype=amp) if amp is not None else contextlib.nullcontext())
-    for step in range(start, cfg.steps):
-        t0 = time.perf_counter()
-        losses = []
-        for _ in range(cfg.accumulate):
-            batch = next(batches)
-            draws = draws_for(batch["sample"], cfg, size, latent_channels, d.device)
-            vid = batch["pixel_values_vid"].to(d.device, non_blocking=True)
-            ref = batch["pixel_values_ref_img"].to(d.device, non_blocking=True)
-            with autocast:
-                output = train_step(modules, vid, ref, draws, cfg.dropout)
-            (output.loss / cfg.accumulate).backward()
-            losses.append(output.loss.detach().float())
-        distributed.average_gradients(params, d)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss = distributed.all_mean(torch.stack(losses).mean(), d).item()
-        done = step + 1
-        result.losses[step], result.end_step = loss, done
-        seconds = time.perf_counter() - t0
-        record = {"step": done, "loss": loss, "lr": lr, "grad_norm": float(grad_norm),
-                  "samples_per_s": layout.per_step / seconds, "seconds": seconds}
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            elapsed = time.perf_counter() - t_start
-            eta = elapsed / (done - start) * (cfg.steps - done)
-            logger.write(record)
-            say(f"step {done}/{cfg.steps} loss {loss:.5f} lr {lr:.2e} grad-norm {float(grad_norm):.3f} "
-                f"{record['samples_per_s']:.2f} samples/s eta {eta:.0f}s")
-        if on_step is not None:
-            on_step(done, record)
-        stopping = distributed.any_flag(stop.is_set(), d)
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps or stopping:
-            result.checkpoint = save(done) or result.checkpoint
+
+    def micro(_step: int, _index: int) -> torch.Tensor:
+        batch = next(batches)
+        draws = draws_for(batch["sample"], cfg, size, latent_channels, d.device)
+        vid = batch["pixel_values_vid"].to(d.device, non_blocking=True)
+        ref = batch["pixel_values_ref_img"].to(d.device, non_blocking=True)
+        with autocast:
+            output = train_step(modules, vid, ref, draws, cfg.dropout)
+        (output.loss / cfg.accumulate).backward()
+        return output.loss.detach().float()
+
+    def validate(done: int) -> None:
         if cfg.validate_every and val_clip is not None and done % cfg.validate_every == 0 and d.is_main:
             from engine.train.validate import render_validation
 
             target = out / "validation" / f"step-{done}.mp4"
             path = render_validation(nets, model, modules, cfg, size, Path(val_clip), target)
             say(f"validation render: {path}")
-        distributed.barrier(d)
-        if stopping:
-            result.stopped = True
-            say(f"stopped at step {done}: checkpoint {result.checkpoint}")
-            break
-    total = time.perf_counter() - t_start
-    result.samples_per_s = (result.end_step - start) * layout.per_step / total if total > 0 else 0.0
-    logger.close()
+
+    opt.run(start, micro, say, stop, on_step, validate, result)
     if report.skipped:
         say(f"data: {report.summary()}")
     return result
-
-
-class _Logger:
-    """``RUN/log.jsonl`` (one object per logged step, appended across resumes) and TensorBoard if installed."""
-
-    def __init__(self, out: Path, active: bool) -> None:
-        self.active = active
-        self.file = None
-        self.tb = None
-        if not active:
-            return
-        self.file = open(out / "log.jsonl", "a")  # noqa: SIM115 - closed in close()
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(out / "tensorboard"))
-        except ImportError:
-            self.tb = None
-
-    def write(self, record: dict) -> None:
-        if self.file is not None:
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
-        if self.tb is not None:
-            for key in ("loss", "lr", "grad_norm", "samples_per_s"):
-                self.tb.add_scalar(f"train/{key}", record[key], record["step"])
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-        if self.tb is not None:
-            self.tb.close()
