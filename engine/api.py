@@ -44,6 +44,7 @@ from engine.io.image import side_by_side
 from engine.models import networks, taesd
 from engine.models.student import StudentInfo, check_run
 from engine.models.student import load_into as load_student
+from engine.models.student import mode_knobs as student_mode_knobs
 from engine.runtime import ExactRun, Noise, RunControl, StageTimer, StreamFrame, StreamRunner
 from engine.runtime.control import prefetch
 from engine.runtime.stages import SourceFeatures, Stages
@@ -275,7 +276,8 @@ class Reenactor:
         options.check()
         s = self.cfg.sampler
         guidance = s.max_guidance if options.guidance is None else float(options.guidance)
-        knobs = modes.resolve(options.mode, modes.Knobs.of(self.cfg), **options.knobs())
+        given = student_mode_knobs(options.mode, self.student, options.knobs())  # fast/turbo run a student
+        knobs = modes.resolve(options.mode, modes.Knobs.of(self.cfg), **given)
         cfg = knobs.apply(self.cfg, options.mode)
         cfg = replace(cfg, sampler=replace(cfg.sampler, min_guidance=guidance, max_guidance=guidance))
         self._check_distilled(cfg)

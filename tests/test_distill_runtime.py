@@ -72,9 +72,26 @@ def test_ultra_render_and_stream(ultra_engine: Reenactor) -> None:
     cfg = ultra_engine.run_config(RunOptions(mode="ultra"))
     assert (cfg.sampler.sampler, cfg.sampler.steps, cfg.decoder, cfg.kv_downsample) == ("distilled", 1, "tiny", 2)
     with pytest.raises(InputError, match="needs the teacher"):
-        ultra_engine.run_config(RunOptions(mode="turbo"))
+        ultra_engine.run_config(RunOptions(mode="exact"))
     with pytest.raises(InputError, match="distilled for 1 steps"):
         ultra_engine.run_config(RunOptions(mode="ultra", steps=2))
+
+
+def test_fast_and_turbo_run_the_student(ultra_engine: Reenactor) -> None:
+    """On an engine given a student, fast/turbo run its sampler and keep their windows, WFM reuse, decoder."""
+    for mode, overlap in (("fast", 6), ("turbo", 2)):
+        cfg = ultra_engine.run_config(RunOptions(mode=mode))
+        s = cfg.sampler
+        assert (s.sampler, s.steps, s.guidance_mode, cfg.kv_downsample) == ("distilled", 1, "none", 2), mode
+        assert (cfg.windows.overlap, s.wfm_every, cfg.decoder) == (overlap, 2, "full"), mode
+    with pytest.raises(InputError, match="distilled for 1 steps"):
+        ultra_engine.run_config(RunOptions(mode="turbo", steps=4))
+    # turbo with ultra's remaining knobs is ultra's computation, bit for bit: the student really runs
+    src = ultra_engine.set_source(ASSETS / "source.png")
+    frames = read_video(ASSETS / "driving.mp4", SIZE, 3).frames
+    ultra = ultra_engine.render(src, frames, mode="ultra").frames
+    turbo = ultra_engine.render(src, frames, options=RunOptions(mode="turbo", overlap=1, decoder="tiny")).frames
+    assert np.array_equal(turbo, ultra)
 
 
 def _reenact(argv: list[str], capsys) -> tuple[int, str]:
@@ -85,7 +102,7 @@ def _reenact(argv: list[str], capsys) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("case", ["no-student", "missing", "mismatch", "bad-taesd"])
+@pytest.mark.parametrize("case", ["no-student", "missing", "mismatch", "bad-taesd", "turbo-missing"])
 def test_reenact_bad_distilled_inputs(files: dict[str, Path], tmp_path: Path, capsys, case: str) -> None:
     d = files["dir"]
     if case == "mismatch":  # a student of another model: one tensor of another shape
@@ -99,13 +116,15 @@ def test_reenact_bad_distilled_inputs(files: dict[str, Path], tmp_path: Path, ca
     flags = {"no-student": ["--tiny-decoder", str(files["taesd"])],
              "missing": ["--student", str(d / "nope.safetensors"), "--tiny-decoder", str(files["taesd"])],
              "mismatch": ["--student", str(tmp_path / "other.safetensors"), "--tiny-decoder", str(files["taesd"])],
-             "bad-taesd": ["--student", str(files["student"]), "--tiny-decoder", str(files["student"])]}[case]
+             "bad-taesd": ["--student", str(files["student"]), "--tiny-decoder", str(files["student"])],
+             "turbo-missing": ["--student", str(d / "nope.safetensors")]}[case]
     out = tmp_path / "out.mp4"
-    code, err = _reenact(["--mode", "ultra", "--size", str(SIZE), "--max-frames", "2", "--quiet", "--out", str(out),
+    mode = "turbo" if case.startswith("turbo") else "ultra"
+    code, err = _reenact(["--mode", mode, "--size", str(SIZE), "--max-frames", "2", "--quiet", "--out", str(out),
                           *flags], capsys)
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
     assert {"no-student": "engine.distill --what student", "missing": "does not exist", "mismatch": "does not fit",
-            "bad-taesd": "not a TAESD decoder"}[case] in err
+            "bad-taesd": "not a TAESD decoder", "turbo-missing": "does not exist"}[case] in err
     assert not out.exists()
 
 

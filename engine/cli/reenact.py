@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="tiny: the TAESD decoder given by --tiny-decoder (ultra: tiny; others: full)")
     p.add_argument("--student", type=Path, default=None,
                    help="a distilled student (python -m engine.distill): replaces the denoiser; runs the "
-                        "distilled sampler (mode ultra, or --sampler distilled)")
+                        "distilled sampler (modes ultra, fast, turbo, or --sampler distilled)")
     p.add_argument("--tiny-decoder", type=Path, default=None,
                    help="TAESD decoder weights (diffusers AutoencoderTiny, taesd_decoder.pth, or engine.distill's)")
     p.add_argument("--seed", type=seed_int, default=0, help="the run's noise draws")

@@ -81,6 +81,21 @@ def load_into(nets: Any, path: Path) -> StudentInfo:
     return info
 
 
+STUDENT_MODES = ("fast", "turbo")  # named modes that, on an engine given a student, run it (ultra always does)
+
+
+def mode_knobs(mode: str, student: StudentInfo | None, given: dict[str, Any]) -> dict[str, Any]:
+    """The knob overrides of a run: ``given`` (None = the mode's value), and on an engine carrying a student,
+    ``fast`` and ``turbo`` run the student's sampler (its K steps and kv_downsample, no CFG: the student has
+    the teacher's CFG baked in) while keeping their windows, WFM reuse and decoder. A knob given explicitly
+    wins (``check_run`` then says what the student allows)."""
+    if student is None or mode not in STUDENT_MODES:
+        return given
+    own = {"sampler": "distilled", "schedule": "student", "steps": student.steps, "guidance_mode": "none",
+           "kv_downsample": student.kv_downsample}
+    return {**given, **{k: v for k, v in own.items() if given.get(k) is None}}
+
+
 def check_run(cfg: Any, student: StudentInfo | None, has_tiny_decoder: bool) -> None:
     """A student runs only its own sampler and step count; the tiny decoder must have been given.
     Raises ValueError with the fix."""
@@ -97,8 +112,9 @@ def check_run(cfg: Any, student: StudentInfo | None, has_tiny_decoder: bool) -> 
         return
     if s.sampler != "distilled":
         raise ValueError(f"this engine's denoiser is the distilled student {st.path}: it runs only the distilled "
-                         f"sampler (mode ultra, or --sampler distilled --steps {st.steps}); mode {cfg.mode!r} "
-                         "needs the teacher (an engine without --student)")
+                         f"sampler (modes ultra, fast, turbo, or --sampler distilled --steps {st.steps}); "
+                         f"mode {cfg.mode!r} with sampler {s.sampler!r} needs the teacher (an engine without "
+                         "--student)")
     if s.steps != st.steps or cfg.kv_downsample != st.kv_downsample:
         raise ValueError(f"the student {st.path} was distilled for {st.steps} steps with kv_downsample "
                          f"{st.kv_downsample}; this run asks for {s.steps} and {cfg.kv_downsample}: give "
