@@ -89,7 +89,7 @@ def worst(errors: dict[str, dict[str, float]]) -> float:
 
 
 # Part of the fp16 artifact's cache key: a change to what stays fp32 rebuilds the fp16 graphs.
-FP16_CONVERTER = "ort-float16/keep-sinusoids-and-norms-fp32/v2"
+FP16_CONVERTER = "ort-float16/keep-sinusoids-and-norms-fp32/v3"
 # Modules whose nodes stay float32: the sinusoidal embeddings (diffusers' Timesteps: token
 # positions up to 57,344 and their sin/cos tables are not representable in fp16 - positions above
 # 2,048 collide, the tiny preset's [3584, 16] table has only 2,817 distinct fp16 values).
@@ -169,6 +169,18 @@ def to_fp16(src: Path, dst: Path) -> None:
         for t in (*n.input, *n.output):
             sides.setdefault(t, set()).add(n.name in is_blocked)
     kept = [v for v in model.graph.value_info if len(sides.get(v.name, ())) == 2]
+    # The exporter leaves some tensors unannotated (e.g. a GroupNorm's Reshape before its
+    # InstanceNormalization); without a float annotation the converter inserts no Cast there and the
+    # node would see fp16 beside its fp32 scale. The FP32_OPS take and give float tensors only
+    # (type T of X, scale, B and Y), so their crossing tensors are annotated as float here.
+    annotated = {v.name for v in kept} | {i.name for i in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type not in FP32_OPS or n.name not in is_blocked:
+            continue
+        for t in (*n.input, *n.output):
+            if t and t not in annotated and len(sides.get(t, ())) == 2:
+                kept.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+                annotated.add(t)
     del model.graph.value_info[:]
     model.graph.value_info.extend(kept)
     half = ir.from_proto(convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True,

@@ -50,8 +50,6 @@ def test_sinusoidal_table_stays_fp32(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="known regression of the fp16 strongly-typed conversion (issue 17): onnxruntime "
-                          "rejects the fp16 denoiser graph (type error); fix next session", strict=False)
 def test_every_fp16_graph_passes_parity(tiny_engines) -> None:
     """Converts the session's fp32 artifacts (the build's own fp16 path) and checks parity."""
     from engine.backends.ort_backend import OrtGraph

@@ -143,8 +143,6 @@ def test_warp_with_the_plugin_op_is_built_but_not_run_by_onnxruntime(tmp_path: P
     assert not [n for n in model.graph.node if n.op_type == "GridSample"]
 
 
-@pytest.mark.xfail(reason="known regression of the fp16 strongly-typed conversion (issue 17): onnxruntime "
-                          "rejects the fp16 denoiser graph (type error); fix next session", strict=False)
 def test_verify_cli_passes_on_the_tiny_engines(tiny_engines, capsys) -> None:
     from engine.cli import verify
     engines, _ = tiny_engines
