@@ -81,24 +81,6 @@ fi
 python -m pip install -q -e ".[$EXTRAS]" "${LOCK_ARGS[@]}"
 # tests/test_lock.py compares the installed versions with the lock this venv was installed from
 if [ ${#LOCK_ARGS[@]} -gt 0 ]; then cp "$LOCK" .venv/frvd-installed-lock.txt; else rm -f .venv/frvd-installed-lock.txt; fi
-if [ ${#LOCK_ARGS[@]} -gt 0 ] && [ "$TORCH_BUILD" = cpu ] && [ "$ORT" = cpu ] && [ -z "${FRVD_EXTRAS:-}" ]; then
-  # The locked choice: the venv holds the lock and nothing else. A package left from an earlier install
-  # (or pulled in by a runner's own tooling) is removed, so what is tested is what the lock says.
-  EXTRA=$(python - "$LOCK" <<'PY'
-import re, sys
-from importlib import metadata
-norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
-pins = {norm(l.split("#", 1)[0].split("==")[0]) for l in open(sys.argv[1]) if l.split("#", 1)[0].strip()}
-keep = pins | {"frvd-engine", "pip", "setuptools", "wheel"}
-print(" ".join(sorted({norm(d.metadata["Name"]) for d in metadata.distributions()} - keep)))
-PY
-)
-  if [ -n "$EXTRA" ]; then
-    echo "setup: removing packages the lock does not list: $EXTRA"
-    # shellcheck disable=SC2086
-    python -m pip uninstall -q -y $EXTRA
-  fi
-fi
 # The browser test drives Debian's headless Chromium (Playwright's own browser download cannot work
 # offline). Installed when missing; if apt-get fails, that one test skips and says why.
 if [ "${FRVD_NO_BROWSER:-0}" != 1 ] && ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import site
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -39,10 +40,12 @@ def read_lock(path: Path) -> dict[str, str]:
 
 
 def installed() -> dict[str, str]:
-    # only this venv's site-packages: a test may put other folders on sys.path in-process
-    site = Path(sys.prefix).resolve()
+    # Only what pip installed into this venv's site-packages. A package may put its own folder on
+    # sys.path: Ray, once imported in this process, adds ray/thirdparty_files (its vendored colorama
+    # and psutil, with their .dist-info); those are Ray's files, not installed packages.
+    sites = {Path(p).resolve() for p in site.getsitepackages()}
     return {_norm(d.metadata["Name"]): d.version for d in metadata.distributions()
-            if Path(str(d.locate_file(""))).resolve().is_relative_to(site)}
+            if Path(str(d.locate_file(""))).resolve() in sites}
 
 
 def test_lock_pins_every_line_exactly() -> None:

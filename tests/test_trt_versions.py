@@ -198,3 +198,45 @@ def test_ort_provider_options() -> None:
     assert cuda_opts == {"device_id": "0", "has_user_compute_stream": "1", "user_compute_stream": "1234"}
     assert cpu_opts == {}
     assert "trt_fp16_enable" not in provider_options(providers, None, fp16=False)[0]
+
+
+@pytest.mark.parametrize("api", ["10.1+", "8.x"])
+def test_engines_of_a_backend_share_one_scratch_block_sized_for_the_largest(api: str) -> None:
+    import torch
+
+    from engine.backends.trt_backend import SharedScratch, new_context
+
+    class Context:
+        def __init__(self, own: bool) -> None:
+            self.own, self.given = own, None
+
+        if api == "10.1+":
+            def set_device_memory(self, address: int, size: int) -> None:
+                self.given = (address, size)
+
+    class Engine:
+        def __init__(self, size: int) -> None:
+            if api == "10.1+":
+                self.device_memory_size_v2 = size
+            else:
+                self.device_memory_size = size
+
+        def create_execution_context(self, strategy: object = None) -> Context:
+            return Context(own=strategy is None)
+
+        def create_execution_context_without_device_memory(self) -> Context:
+            return Context(own=False)
+
+    strategy = types.SimpleNamespace(USER_MANAGED="user")
+    trt = types.SimpleNamespace()
+    if api == "10.1+":
+        trt = types.SimpleNamespace(ExecutionContextAllocationStrategy=strategy)
+    engines = {"motion": Engine(3_000), "denoiser": Engine(70_000), "vae_decoder": Engine(20_000)}
+    contexts = {n: (e, new_context(trt, e, own_memory=False)) for n, e in engines.items()}
+    assert not any(c.own for _, c in contexts.values())
+    assert new_context(trt, engines["motion"], own_memory=True).own  # a runner alone allocates its own
+    scratch = SharedScratch(contexts, torch.device("cpu"))
+    assert scratch.size == 70_000 and scratch.block.numel() >= 70_000
+    given = {(c.given if api == "10.1+" else c.device_memory) for _, c in contexts.values()}
+    expected = (scratch.block.data_ptr(), 70_000) if api == "10.1+" else scratch.block.data_ptr()
+    assert given == {expected}  # one block for all: not the sum of three

@@ -7,6 +7,11 @@ and is waited on by torch's current stream (no host synchronisation). With ``cud
 enqueue is captured into a CUDA graph per shape (cuda-python) after one warm-up enqueue, as
 TensorRT requires, and replayed from then on.
 
+A backend's engines run one after another, so they share one CUDA stream and one block of device
+scratch memory sized for the largest engine (``SharedScratch``), instead of each context holding its
+own: for the official graphs that is the denoiser's alone, not the sum of seven. Sharing is safe
+because the scratch is only touched by work queued on that one stream, in order.
+
 tensorrt and cuda-python are imported when a runner is created; without them creating the
 backend raises one ``TensorRTUnavailable`` error saying what to install.
 """
@@ -67,8 +72,47 @@ class _Binding:
     extra: dict = field(default_factory=dict)
 
 
+def new_context(trt: Any, engine: Any, own_memory: bool) -> Any:
+    """An execution context that allocates its scratch memory, or one that is given it later
+    (``USER_MANAGED`` since TensorRT 10; ``..._without_device_memory`` before)."""
+    if own_memory:
+        return engine.create_execution_context()
+    strategy = getattr(trt, "ExecutionContextAllocationStrategy", None)
+    if strategy is not None:
+        return engine.create_execution_context(strategy.USER_MANAGED)
+    return engine.create_execution_context_without_device_memory()
+
+
+def scratch_bytes(engine: Any) -> int:
+    """Device scratch an engine's context needs, over all its profiles (``device_memory_size_v2``
+    since 10.1; the older property otherwise)."""
+    size = getattr(engine, "device_memory_size_v2", None)
+    return int(size if size is not None else engine.device_memory_size)
+
+
+def give_memory(context: Any, address: int, size: int) -> None:
+    if hasattr(context, "set_device_memory"):  # 10.1+: address and size
+        context.set_device_memory(address, size)
+    else:
+        context.device_memory = address
+
+
+class SharedScratch:
+    """One device-memory block for the contexts of several engines that run on one stream."""
+
+    def __init__(self, contexts: Mapping[str, tuple[Any, Any]], device: torch.device) -> None:
+        """``contexts``: graph name -> (engine, context created without memory)."""
+        self.size = max((scratch_bytes(engine) for engine, _ in contexts.values()), default=0)
+        self.block = torch.empty(max(self.size, 1), dtype=torch.uint8, device=device)
+        for _, context in contexts.values():
+            give_memory(context, self.block.data_ptr(), self.size)
+
+
 class TrtGraph(GraphRunner):
-    def __init__(self, spec: GraphSpec, plan: Path, cuda_graphs: bool = False, device: int = 0) -> None:
+    def __init__(self, spec: GraphSpec, plan: Path, cuda_graphs: bool = False, device: int = 0,
+                 stream: torch.cuda.Stream | None = None, own_memory: bool = True) -> None:
+        """``stream``/``own_memory``: a backend passes its shared stream and gives the context its
+        memory afterwards (``SharedScratch``); a runner alone (the builder's parity check) owns both."""
         super().__init__(spec)
         trt = require_tensorrt()
         self.cudart = require_cudart() if cuda_graphs else None
@@ -81,7 +125,7 @@ class TrtGraph(GraphRunner):
         self.engine = trt.Runtime(logger).deserialize_cuda_engine(Path(plan).read_bytes())
         if self.engine is None:
             raise BackendError(f"TensorRT could not deserialise {plan} (built by another TensorRT or GPU?)")
-        self.context = self.engine.create_execution_context()
+        self.context = new_context(trt, self.engine, own_memory)
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
         if [n for n in names if is_input[n]] != spec.input_names or {n for n in names if not is_input[n]} != set(
@@ -89,7 +133,7 @@ class TrtGraph(GraphRunner):
         ):
             raise BackendError(f"{plan}: engine tensors {names} do not match the {spec.name} spec")
         self.dtypes = {n: _TORCH_DTYPES[self.engine.get_tensor_dtype(n).name] for n in names}
-        self.stream = torch.cuda.Stream(self.device)
+        self.stream = stream if stream is not None else torch.cuda.Stream(self.device)
         self.cuda_graphs = cuda_graphs
         self._bindings: dict[tuple, _Binding] = {}
         self._active: tuple | None = None
@@ -202,13 +246,22 @@ class TrtBackend(Backend):
         """``precision`` None takes what the build made (engine.cli.build defaults to fp32); "fp16" or
         "fp32" insists on it (create_backend passes the run's dtype)."""
         require_tensorrt()  # the one clear error, before any file is opened
-        runners = {}
+        runners: dict[str, TrtGraph] = {}
         self.artifacts = {}
+        self.stream = torch.cuda.Stream() if torch.cuda.is_available() else None
         for graph in graphs if graphs is not None else graphs_to_open(engines, engine_kinds(precision)):
             art = open_artifact(engines, graph, engine_kinds(precision), target="trt", verify=verify)
             if precision is not None and art.kind != f"trt-{engine_precision(art.spec, precision)}":
                 raise BackendError(f"{engines} has no {precision} {graph} engine: build with --precision {precision}")
             check_expected(art, expect)
             self.artifacts[graph] = art
-            runners[graph] = TrtGraph(art.spec, art.file("model.plan"), cuda_graphs=cuda_graphs)
+            runners[graph] = TrtGraph(art.spec, art.file("model.plan"), cuda_graphs=cuda_graphs,
+                                      stream=self.stream, own_memory=False)
+        device = next(iter(runners.values())).device if runners else torch.device("cuda")
+        contexts = {n: (r.engine, r.context) for n, r in runners.items()}
+        self.scratch: SharedScratch | None = SharedScratch(contexts, device)
         super().__init__(runners, "cuda")
+
+    def close(self) -> None:
+        super().close()  # the contexts go first: the shared scratch outlives them
+        self.scratch = None
