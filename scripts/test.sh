@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README, CI): set up, lint, type-check, run the whole suite.
 #   bash scripts/test.sh [pytest args]    e.g. bash scripts/test.sh tests/test_api.py -x
+#   FRVD_TEST_WORKERS=0 bash scripts/test.sh   # one process (default: 2 pytest-xdist workers, a file each)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -13,4 +14,10 @@ if ! mypy; then
   echo "test: fix the annotations (run: mypy), or see docs/architecture.md 'Types' for the house rules." >&2
   exit 1
 fi
-python -m pytest -q -p no:cacheprovider "$@"
+# Two workers on the two cores, whole files per worker (module fixtures built once; the background
+# engine exports are shared through tests/engines_support.py); one file's waits (servers, subprocesses)
+# overlap another's compute.
+WORKERS=${FRVD_TEST_WORKERS:-2}
+XDIST=()
+if [ "$WORKERS" != 0 ]; then XDIST=(-n "$WORKERS" --dist loadfile); fi
+python -m pytest -q -p no:cacheprovider "${XDIST[@]}" "$@"
