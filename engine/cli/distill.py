@@ -4,6 +4,7 @@
         --data clips/ [--examples 8] [--iters 200]
     python -m engine.distill --what vae-decoder --out runs/taesd --data clips/ [--iters 500]
     torchrun --nproc-per-node N -m engine.distill ...   (data-parallel, as engine.train)
+    python -m engine.distill ... --ray N                 (the same on Ray Train: docs/scale-out.md)
 
 The data are engine.train's: ``--data`` is a folder of face clips, a text file listing them or one clip;
 example ``i`` is the release's training sample ``i`` (``--frames`` frames of a clip at ``--sample-rate``, its
@@ -63,6 +64,9 @@ def parser() -> Parser:
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--ray", type=positive_int, default=None, metavar="N",
+                   help="N data-parallel workers on Ray Train (engine.train.ray_train; docs/scale-out.md)")
+    p.add_argument("--ray-address", default=None, help="with --ray: a running Ray cluster (default: a local one)")
     return p
 
 
@@ -86,7 +90,12 @@ def main(argv: list[str] | None = None) -> int:
             k=args.steps, kv_downsample=args.kv_downsample, batch=args.batch, accumulate=args.accumulate,
             iters=args.iters, lr=args.lr, warmup=args.warmup, max_grad_norm=args.max_grad_norm,
             save_every=args.save_every, keep=args.keep, seed=args.seed, quiet=args.quiet)
-        report = distill_loop(cfg, stop)
+        if args.ray:
+            from engine.train.ray_train import fit_distill
+
+            report = fit_distill(cfg, args.ray, cpus_per_worker=args.threads or 1, address=args.ray_address)
+        else:
+            report = distill_loop(cfg, stop)
     except EngineError as err:
         if created and args.out.exists():
             shutil.rmtree(args.out, ignore_errors=True)  # nothing half-written

@@ -99,7 +99,7 @@ def replica_app(config: dict[str, Any]) -> Any:
         operators and tests: sessions sent to a replica still loading are refused with 1013)."""
         ctx = request.app.state.ctx
         return {"replica": replica, "pid": os.getpid(), "ready": ctx.engines.ready.is_set(),
-                "streams": len(ctx.sessions.active)}
+                "load_error": ctx.engines.error, "streams": len(ctx.sessions.active)}
 
     async def no_jobs(request: Request) -> None:
         raise ApiError(409, "jobs", "this server runs as Ray Serve replicas without a job store", JOBS_HINT)
