@@ -279,13 +279,13 @@ def whole_run(fixtures: Path, frames: int, steps: int, rounds: int) -> dict:
     from engine.backends import create_backend
     from engine.diffusion.windows import window_indices
     from engine.fixtures import read_config, read_tensors
-    from engine.fixtures.pipeline import load_fixture_networks, model_config, run_config
+    from engine.fixtures.pipeline import engine_config, load_fixture_networks, model_config
 
     cfg = read_config(fixtures, "pipeline")
     model = model_config(cfg)
-    run_cfg = run_config(cfg, model, "release", 1)
-    engine = Reenactor(create_backend("torch", run_cfg, nets=load_fixture_networks(fixtures, model, "release")),
-                       run_cfg, "fixture")
+    engine_cfg = engine_config(cfg, model, "release", 1)
+    engine = Reenactor(create_backend("torch", engine_cfg, nets=load_fixture_networks(fixtures, model, "release")),
+                       engine_cfg, "fixture")
     io = read_tensors(fixtures, "pipeline_io.safetensors")
     source = engine.set_source(io["source_u8"].numpy())
     driving = io["driving_u8"].numpy()
@@ -297,7 +297,7 @@ def whole_run(fixtures: Path, frames: int, steps: int, rounds: int) -> dict:
         c0 = time.process_time()
         result = engine.render(source, clip, options=options)
         runs.append(dict(result.seconds, cpu_total=time.process_time() - c0))
-    windows = len(window_indices(frames, engine.cfg.windows.size, engine.cfg.windows.overlap))
+    windows = len(window_indices(frames, engine.cfg.windows.size, engine.run_config(options).overlap))
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     return {"frames": frames, "steps": steps, "windows": windows, "denoiser_calls": windows * steps,
             "seconds_median": {k: round(v, 4) for k, v in med.items()}, "rounds": rounds}

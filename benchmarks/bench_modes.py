@@ -44,7 +44,7 @@ import count_flops  # noqa: E402  (a sibling script)
 
 from engine.api import Reenactor, RunOptions  # noqa: E402
 from engine.config import modes  # noqa: E402
-from engine.runtime import ExactRun  # noqa: E402
+from engine.runtime import ExactRun, RunHooks  # noqa: E402
 
 NOTE = ("random weights: drift is a regression signal, not image quality; run the same modes on the official "
         "weights for the real figure")
@@ -93,8 +93,9 @@ def run(engine: Reenactor, source: Any, clip: np.ndarray, options: RunOptions
     cfg = engine.run_config(options)
     record: dict[str, torch.Tensor] = {}
     t0 = time.perf_counter()
+    hooks = RunHooks(latents=lambda latents: record.update(final_latents=latents[None]))
     frames = np.stack(list(ExactRun(engine.stages, cfg, source.features, iter(clip), engine._noise(cfg),
-                                    record=record).frames()))
+                                    hooks=hooks).frames()))
     return frames, record["final_latents"], time.perf_counter() - t0
 
 
@@ -128,13 +129,13 @@ def bench(label: str, engine: Reenactor, source: Any, clip: np.ndarray, configs:
 def fixture_engine(fixture_dir: Path) -> tuple[Reenactor, Any, np.ndarray]:
     from engine.backends import create_backend
     from engine.fixtures import read_config, read_tensors
-    from engine.fixtures.pipeline import load_fixture_networks, model_config, run_config
+    from engine.fixtures.pipeline import engine_config, load_fixture_networks, model_config
 
     cfg = read_config(fixture_dir, "pipeline")
     model = model_config(cfg)
-    run_cfg = run_config(cfg, model, "release", 1)
+    engine_cfg = engine_config(cfg, model, "release", 1)
     nets = load_fixture_networks(fixture_dir, model, "release")
-    engine = Reenactor(create_backend("torch", run_cfg, nets=nets), run_cfg, "fixture")
+    engine = Reenactor(create_backend("torch", engine_cfg, nets=nets), engine_cfg, "fixture")
     io = read_tensors(fixture_dir, "pipeline_io.safetensors")
     source = engine.set_source(io["source_u8"].numpy())
     return engine, source, io["driving_u8"].numpy()

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     result = engine.render(source, clip.frames, options=options)
     total = time.perf_counter() - t0
-    n_windows = len(window_indices(n, engine.cfg.windows.size, engine.cfg.windows.overlap))
+    n_windows = len(window_indices(n, engine.cfg.windows.size, engine.run_config(options).overlap))
     sec = result.seconds
     report = {
         "benchmark": "reference_pipeline",

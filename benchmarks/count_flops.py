@@ -24,6 +24,7 @@ are compute-bound lower limits, not predictions.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import re
@@ -38,8 +39,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from engine.cli.args import add_knob_arguments, knob_values
 from engine.config import modes, presets
-from engine.config.settings import SVD_XT_SCHEDULER, ModelConfig, SamplerConfig, WindowConfig
+from engine.config.modes import RunConfig
+from engine.config.settings import SVD_XT_SCHEDULER, ModelConfig, WindowConfig
 from engine.diffusion import sampling
 from engine.diffusion.windows import window_indices
 from engine.kernels.grid_sample import grid_sample_impl
@@ -216,9 +219,9 @@ def measure(model: ModelConfig, nets: Networks, shapes: Shapes, kv: int = 1) -> 
             )
 
         # One denoiser call: one window's CFG pair, as the DenoiseStage builds it; then one conditional row.
-        with kv_downsample(nets.denoiser, kv):
-            for rows, suffix in ((b, ""), (1, "_cond")):
-                down, mid = _count_denoiser(model, nets, shapes, rows, suffix, per_call, out, kv)
+        pooled = dataclasses.replace(nets, denoiser=kv_downsample(nets.denoiser, kv))
+        for rows, suffix in ((b, ""), (1, "_cond")):
+            down, mid = _count_denoiser(model, pooled, shapes, rows, suffix, per_call, out, kv)
         del down, mid
         vae = nets.vae
         c, _ = count_flops(lambda: vae.encode(torch.empty(1, 3, shapes.size, shapes.size)).latent_dist.mode())
@@ -240,7 +243,7 @@ def _count_denoiser(model: ModelConfig, nets: Networks, shapes: Shapes, rows: in
     timestep = torch.empty(rows)
     context = torch.empty(rows, 1, _cross_attention_dim(model))
     time_ids = torch.empty(rows, 3)
-    head_latents = torch.empty(rows * t, model.latent_channels, h, h)
+    head_latents = torch.empty(rows * t, model.head_channels, h, h)
     records: list[dict[str, Any]] = []
     handles = _attention_hooks(nets.denoiser.wfm, records, kv)
     try:
@@ -299,7 +302,7 @@ def window_count(frames: int, size: int, overlap: int, stream: bool = False) -> 
     return count
 
 
-def denoiser_calls(knobs: modes.Knobs, scheduler: dict[str, Any] | None = None) -> dict[str, int]:
+def denoiser_calls(knobs: RunConfig, scheduler: dict[str, Any] | None = None) -> dict[str, int]:
     """Per window: how often each denoiser graph runs in one solver loop (engine.config.modes.eval_plan)."""
     sigmas = sampling.make_schedule(knobs.sampler, knobs.steps, scheduler or SVD_XT_SCHEDULER, knobs.schedule).sigmas
     plan = modes.eval_plan(knobs.sampler, sigmas, knobs.guidance_mode, knobs.wfm_every)
@@ -311,7 +314,7 @@ def denoiser_calls(knobs: modes.Knobs, scheduler: dict[str, Any] | None = None) 
     }
 
 
-def calls_per_video(frames: int, knobs: modes.Knobs, window: int = WindowConfig().size,
+def calls_per_video(frames: int, knobs: RunConfig, window: int = WindowConfig().size,
                     stream: bool = False) -> dict[str, int]:
     """How often the runtime calls each network for a clip of ``frames`` frames in ``knobs``."""
     # clips shorter than a window are padded to one; every padded frame is motion-encoded and decoded
@@ -366,14 +369,14 @@ def cost_model(
     size: int | None = None,
     steps: int | None = None,
     windows: WindowConfig | None = None,
-    knobs: modes.Knobs | None = None,
+    knobs: RunConfig | None = None,
     stream: bool = False,
     mode: str = "exact",
 ) -> dict[str, Any]:
     """The whole report (see the module docstring) as a JSON-ready dict. ``knobs`` (default: the
-    release's, with ``steps`` and ``windows.overlap`` when given) says how the run samples."""
+    release's, with ``steps`` when given) says how the run samples."""
     windows = windows or WindowConfig()
-    knobs = knobs or modes.resolve("exact", steps=steps, overlap=windows.overlap)
+    knobs = knobs or modes.resolve("exact", steps=steps)
     if frames < 1:
         raise ValueError("frames must be >= 1")
     t0 = time.perf_counter()
@@ -417,7 +420,7 @@ def cost_model(
         "knobs": asdict(knobs),
         "stream": stream,
         "evaluations_per_window": denoiser_calls(knobs),
-        "sampler_default": SamplerConfig().sampler,
+        "sampler_default": RunConfig().sampler,
         "windows": {"size": windows.size, "overlap": knobs.overlap, "count": n_windows, "cfg_batch": CFG_BATCH},
         "counter": {
             "tool": "torch.utils.flop_counter.FlopCounterMode",
@@ -511,20 +514,13 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def knob_arguments(p: argparse.ArgumentParser) -> None:
-    """--mode and one flag per knob (engine.config.modes.Knobs); shared with bench_modes.py."""
+    """--mode and one flag per run knob, from its declaration (engine.config.modes.RunConfig)."""
     p.add_argument("--mode", default="exact", choices=sorted(modes.MODES))
-    p.add_argument("--steps", type=int, default=None, help="default: the mode's")
-    p.add_argument("--sampler", choices=sorted(sampling.SAMPLERS), default=None)
-    p.add_argument("--schedule", choices=sorted(sampling.SCHEDULES), default=None)
-    p.add_argument("--guidance-mode", default=None, help="full | none | first:K | interval:LO:HI")
-    p.add_argument("--wfm-every", type=int, default=None)
-    p.add_argument("--overlap", type=int, default=None)
-    p.add_argument("--kv-downsample", type=int, choices=modes.KV_FACTORS, default=None)
-    p.add_argument("--decoder", choices=modes.DECODERS, default=None, help="full VAE decoder or tiny (TAESD)")
+    add_knob_arguments(p, RunConfig, default_is="the mode's")
 
 
-def knobs_from(args: argparse.Namespace) -> modes.Knobs:
-    return modes.resolve(args.mode, **{k: getattr(args, k) for k in modes.KNOB_NAMES})
+def knobs_from(args: argparse.Namespace) -> RunConfig:
+    return modes.resolve(args.mode, **knob_values(args, RunConfig))
 
 
 def main(argv: list[str] | None = None) -> int:

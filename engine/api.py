@@ -31,9 +31,11 @@ import numpy as np
 import torch
 
 from engine.backends import BACKENDS, Backend, create_backend
-from engine.config import modes, presets
+from engine.config import presets
 from engine.config.controls import MotionControls
-from engine.config.settings import SEED_MAX, RunConfig, WindowConfig
+from engine.config.knobs import check_knobs, knob
+from engine.config.modes import RunConfig, RunOptions, RunPlan
+from engine.config.settings import DTYPES, TIME_CONTEXTS, EngineConfig, WindowConfig
 from engine.errors import EngineError, InputError, lazy_import
 from engine.face.align import METHODS as ALIGN_METHODS
 from engine.face.align import CropTransform, PasteBack, crop_transform, detect_faces
@@ -56,77 +58,46 @@ else:
     cv2 = lazy_import("cv2", "resizing the driving frames beside the result")
 
 SOURCE_CACHE = 8  # source images whose features are kept per engine
-DTYPES = ("float32", "float16", "bfloat16")
 
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """What an engine is built with (fixed for its lifetime)."""
+    """What an engine is built with (fixed for its lifetime), each option declared once here: CLIs
+    derive their flags from these fields (engine.cli.args.add_knob_arguments)."""
 
-    size: int | None = None  # output side in pixels, a multiple of 64 (None: the preset's)
-    device: str = "cpu"
-    dtype: str = "float32"  # of the diffusion networks; LivePortrait always runs in float32
-    backend: str = "torch"  # torch | onnxruntime | tensorrt
-    engines: Path | None = None  # folder written by ``python -m engine.build`` (non-torch backends)
-    time_context: str = "release"  # release (diffusers 0.27.2 layout) | fixed (diffusers PR #7268)
-    window_batch: int = 1  # windows (each with its CFG pair) per denoiser call
-    init_seed: int = 0  # seeded weights of presets without a checkpoint (tiny)
-    tf32: bool = False  # float32 matmuls/convolutions on TF32 tensor cores (CUDA; process-wide torch flags)
-    vae_fp32: bool = False  # float16/bfloat16 runs: keep the VAE in float32 (SVD's force_upcast; torch backend)
-    student: Path | None = None  # a distilled student (engine.distill): replaces the denoiser and HeadNet
-    tiny_decoder: Path | None = None  # TAESD decoder weights (engine.models.taesd): the ``decoder="tiny"`` knob
+    size: int | None = knob(None, "output side in pixels, a multiple of 64 (default: the preset's)",
+                            lo=64, multiple_of=64)
+    device: str = knob("cpu", "cpu, cuda, cuda:1, ...")
+    dtype: str = knob("float32", "precision of the diffusion networks (LivePortrait stays float32)",
+                      choices=DTYPES)
+    backend: str = knob("torch", "what runs the networks (onnxruntime/tensorrt: graphs built by "
+                                 "python -m engine.build)", choices=BACKENDS)
+    engines: Path | None = knob(None, "folder written by python -m engine.build --out (non-torch backends)")
+    time_context: str = knob("release", "temporal-context layout: the release's (diffusers 0.27.2) or "
+                                        "PR #7268's", choices=TIME_CONTEXTS)
+    window_batch: int = knob(1, "windows (each with its CFG pair) per denoiser call", lo=1)
+    init_seed: int = knob(0, "seeded weights of presets without a checkpoint (tiny)", lo=0, cli=False)
+    vae_fp32: bool = knob(False, "float16/bfloat16 runs: keep the VAE in float32 (SVD's force_upcast; torch "
+                                 "backend)")
+    student: Path | None = knob(None, "a distilled student (python -m engine.distill): replaces the denoiser and "
+                                      "HeadNet; runs the distilled sampler (mode ultra, or --sampler distilled)")
+    tiny_decoder: Path | None = knob(None, "TAESD decoder weights (diffusers AutoencoderTiny, taesd_decoder.pth, "
+                                           "or engine.distill's): the decoder=tiny knob")
+    # TF32 is not an engine option: torch's flags are process-wide, so the process owner sets them
+    # (the CLI's --tf32; in a program, ``set_tf32`` below)
 
     def check(self) -> None:
-        if self.size is not None and (self.size < 64 or self.size % 64):
-            raise InputError(f"size {self.size} is not a multiple of 64 (the UNet halves latents three times)")
-        if self.dtype not in DTYPES:
-            raise InputError(f"dtype {self.dtype!r} is not one of {DTYPES}")
-        if self.backend not in BACKENDS:
-            raise InputError(f"backend {self.backend!r} is not one of {BACKENDS}")
+        try:
+            check_knobs(self)
+        except ValueError as err:
+            raise InputError(str(err)) from None
         if self.backend != "torch" and self.engines is None:
             raise InputError(f"backend {self.backend} needs engines=DIR (built with python -m engine.build)")
-        if self.window_batch < 1:
-            raise InputError("window_batch must be >= 1")
         if self.vae_fp32 and self.backend != "torch":
             raise InputError("vae_fp32 keeps the torch VAE in float32: it applies to the torch backend only "
                              "(exported fp16 VAE graphs already run their normalisations in float32)")
         if self.backend != "torch" and (self.student or self.tiny_decoder):
             raise InputError("a student or tiny decoder runs on the torch backend only (not yet in built graphs)")
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """One render's or stream's choices. ``mode`` picks a bundle of knobs (engine.config.modes: exact, fast,
-    turbo); every knob given here overrides the mode's value. None means the mode's value (for
-    ``exact``, the engine's default: the release's)."""
-
-    mode: str = "exact"  # exact (the release) | fast (<= 56 TFLOP/frame at 512^2) | turbo (<= 18) | ultra (<= 3.3)
-    steps: int | None = None  # denoising steps (release: 25)
-    guidance: float | None = None  # CFG scale (release: 2.5)
-    sampler: str | None = None  # euler (release) | heun | dpmpp_2m | ddim
-    schedule: str | None = None  # release | karras | leading
-    guidance_mode: str | None = None  # full | none | first:K | interval:LO:HI (when CFG runs)
-    wfm_every: int | None = None  # the WFM every k-th evaluation, reused in between
-    overlap: int | None = None  # window overlap (release: 6)
-    kv_downsample: int | None = None  # 2: 2x2-pooled keys/values in the WFM's full attentions
-    decoder: str | None = None  # full | tiny (the engine's TAESD decoder)
-    seed: int = 0  # the run's noise draws
-    relative_motion: bool = True  # False: self-reenactment (absolute driving motion)
-    controls: MotionControls = MotionControls()  # smoothing and motion controls (engine.config.controls)
-
-    def knobs(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in modes.KNOB_NAMES}
-
-    def check(self) -> None:
-        if self.guidance is not None and not np.isfinite(self.guidance):
-            raise InputError(f"guidance must be a finite number, got {self.guidance}")
-        if not 0 <= self.seed <= SEED_MAX:
-            raise InputError(f"seed must be in [0, 2^64), got {self.seed}")
-        try:
-            modes.resolve(self.mode, **self.knobs())
-        except ValueError as err:
-            raise InputError(str(err)) from None
-        self.controls.check(self.relative_motion)
 
 
 @dataclass(frozen=True)
@@ -160,7 +131,7 @@ class Reenactor:
     """One engine (networks on a backend) and its cached sources. Build with ``from_preset`` /
     ``from_pretrained``; release with ``close()`` or a ``with`` block."""
 
-    def __init__(self, backend: Backend, cfg: RunConfig, preset: str, weights_dir: Path | None = None,
+    def __init__(self, backend: Backend, cfg: EngineConfig, preset: str, weights_dir: Path | None = None,
                  student: StudentInfo | None = None) -> None:
         self.backend, self.cfg, self.preset, self.weights_dir = backend, cfg, preset, weights_dir
         self.student = student  # the distilled student the denoiser carries, if any
@@ -179,29 +150,26 @@ class Reenactor:
         if preset not in presets.PRESETS:
             raise InputError(f"unknown preset {preset!r}; choose one of {sorted(presets.PRESETS)}")
         weights_dir = Path(weights) if weights is not None else None
-        if preset == "official" and weights_dir is None:
-            raise InputError("the official preset needs weights=DIR (the release's pretrained_weights/ folder)")
-        if torch.device(opts.device).type == "cuda":
-            set_tf32(opts.tf32)
-        if opts.backend == "torch":
-            model, sampler, nets = networks.load_preset(preset, weights_dir, opts.init_seed, opts.time_context)
+        if opts.backend == "torch":  # exported graphs carry their weights
+            presets.require_weights(preset, weights_dir, "weights=DIR")
+            model, scheduler, nets = networks.load_preset(preset, weights_dir, opts.init_seed, opts.time_context)
             if opts.tiny_decoder is not None:
-                nets.tiny_decoder = taesd.load(opts.tiny_decoder, int(model.vae.get("latent_channels", 4)),
-                                               taesd.width_for(model.vae))
+                nets.tiny_decoder = taesd.load(opts.tiny_decoder, model.latent_channels, taesd.width_for(model.vae))
             student = load_student(nets, opts.student) if opts.student is not None else None
             nets.to(opts.device, getattr(torch, opts.dtype))
             if opts.vae_fp32:
                 nets.vae.to(torch.float32)  # the torch backend casts its inputs to the module's dtype
         else:
-            model, sampler = networks.preset_configs(preset, weights_dir)
+            model, scheduler = networks.preset_configs(preset, weights_dir)
             nets, student = None, None
-        cfg = RunConfig(
+        cfg = EngineConfig(
             model=model,
-            sampler=replace(sampler, time_context=opts.time_context),
-            windows=WindowConfig(batch=opts.window_batch),
             size=opts.size or model.image_size,
             dtype=opts.dtype,
             device=opts.device,
+            time_context=opts.time_context,
+            windows=WindowConfig(batch=opts.window_batch),
+            scheduler=scheduler,
         )
         backend = create_backend(opts.backend, cfg, nets=nets, engines=opts.engines)
         return cls(backend, cfg, preset, weights_dir, student)
@@ -226,6 +194,10 @@ class Reenactor:
     @property
     def size(self) -> int:
         return self.cfg.size
+
+    def sidecar(self, run: RunConfig) -> dict[str, Any]:
+        """What a run used, as written next to its output: the engine's configuration and the run's."""
+        return {"engine": asdict(self.cfg), "run": asdict(run)}
 
     # -- sources ------------------------------------------------------------------------------
     def set_source(self, image: str | Path | np.ndarray, align: str = "none",
@@ -272,41 +244,43 @@ class Reenactor:
         """A handle, with the engine's lock held by the caller."""
         return source if isinstance(source, SourceHandle) else self._set_source(source)
 
-    def run_config(self, options: RunOptions) -> RunConfig:
-        options.check()
-        s = self.cfg.sampler
-        guidance = s.max_guidance if options.guidance is None else float(options.guidance)
-        given = student_mode_knobs(options.mode, self.student, options.knobs())  # fast/turbo run a student
-        knobs = modes.resolve(options.mode, modes.Knobs.of(self.cfg), **given)
-        cfg = knobs.apply(self.cfg, options.mode)
-        cfg = replace(cfg, sampler=replace(cfg.sampler, min_guidance=guidance, max_guidance=guidance))
-        self._check_distilled(cfg)
-        self._check_graphs(cfg)
-        return replace(cfg, seed=options.seed, relative_motion=options.relative_motion, controls=options.controls)
+    def run_config(self, options: RunOptions | RunConfig | None = None) -> RunConfig:
+        """The run's configuration (``options`` resolved, once), checked against this engine."""
+        return self._plan(options)[0]
 
-    def _check_distilled(self, cfg: RunConfig) -> None:
-        try:
-            check_run(cfg, self.student, "tiny_decoder" in self.backend)
-        except ValueError as err:
-            raise InputError(str(err)) from None
-
-    def _check_graphs(self, cfg: RunConfig) -> None:
-        """A mode on a backend without the graphs it needs is one clear error before anything runs."""
-        missing = [g for g in modes.required_graphs(cfg) if g not in self.backend]
+    def _plan(self, options: RunOptions | RunConfig | None, mode: str | None = None) -> tuple[RunConfig, RunPlan]:
+        """Resolve a run once: its RunConfig (a RunConfig given is taken as resolved) and its RunPlan,
+        checked against this engine's graphs before anything runs."""
+        if isinstance(options, RunConfig):
+            if mode is not None and mode != options.mode:
+                raise InputError(f"mode={mode!r} with a resolved RunConfig of mode {options.mode!r}: pass RunOptions")
+            run = options
+        else:
+            options = options or RunOptions()
+            options = options if mode is None else options.replace(mode=mode)
+            # on an engine carrying a student, fast and turbo run it (engine.models.student.mode_knobs)
+            run = options.replace(**student_mode_knobs(options.mode, self.student, options.knobs())).resolve()
+        plan = RunPlan.of(run, self.cfg.scheduler)
+        missing = [g for g in plan.graphs if g not in self.backend]
         if missing:
-            raise InputError(f"mode {cfg.mode!r} (wfm_every {cfg.sampler.wfm_every}) needs the graphs {missing}, "
+            raise InputError(f"mode {run.mode!r} (wfm_every {run.wfm_every}) needs the graphs {missing}, "
                              f"which this {self.backend.name} engine lacks: build them (engine.cli.build --graphs) or "
                              "run it on the torch backend")
-        if cfg.kv_downsample > 1 and self.backend.nets is None:
+        if run.kv_downsample > 1 and self.backend.nets is None:
             raise InputError("kv_downsample changes the networks' attention: it runs on the torch backend only")
+        try:
+            check_run(run, self.student, "tiny_decoder" in self.backend)
+        except ValueError as err:
+            raise InputError(str(err)) from None
+        return run, plan
 
-    def _noise(self, cfg: RunConfig) -> Noise:
-        return Noise.draw(cfg.seed, cfg.size, cfg.windows.size)
+    def _noise(self, run: RunConfig) -> Noise:
+        return Noise.draw(run.seed, self.cfg.size, self.cfg.windows.size)
 
     # -- offline ------------------------------------------------------------------------------
     def render(self, source: SourceHandle | str | Path | np.ndarray,
                driving: str | Path | np.ndarray | Iterable[np.ndarray], out: str | Path | None = None, *,
-               options: RunOptions | None = None, control: RunControl | None = None,
+               options: RunOptions | RunConfig | None = None, control: RunControl | None = None,
                max_frames: int | None = None, fps: float | Fraction | None = None,
                side_by_side_with_inputs: bool = False, paste_back: bool = False, mode: str | None = None
                ) -> RenderResult:
@@ -316,28 +290,28 @@ class Reenactor:
         are returned. ``paste_back`` (aligned sources) warps each frame back into the whole source
         image, at its own size."""
         start = time.perf_counter()
-        cfg = self.run_config(_with_mode(options, mode))
+        run_cfg, plan = self._plan(options, mode)
         control = control or RunControl()
         path = check_output_path(out) if out is not None else None
         frames, rate, audio = self._driving(driving, max_frames, fps)
         with self._lock:
             handle = self._source(source)
             timer = StageTimer(self.backend.device)
-            run = ExactRun(self.stages, cfg, handle.features, frames(), self._noise(cfg), control, timer,
-                           relative=cfg.relative_motion)
+            run = ExactRun(self.stages, run_cfg, handle.features, frames(), self._noise(run_cfg), control, timer,
+                           plan=plan)
             produced = prefetch(run.frames(), control, depth=2 * self.stages.decode.per_call)
             produced = compose(produced, handle, frames() if side_by_side_with_inputs else None, paste_back)
             if path is None:
                 result = np.stack(list(produced))
             else:
-                _write_with_sidecar(path, produced, rate, audio, cfg, timer)
+                _write_with_sidecar(path, produced, rate, audio, self.sidecar(run_cfg), timer)
                 result = None
         seconds = dict(timer.seconds, total=time.perf_counter() - start)
         return RenderResult(run.num_frames, float(rate), path, result, seconds)
 
     def render_faces(self, image: str | Path | np.ndarray, driving: str | Path | np.ndarray | Iterable[np.ndarray],
                      out: str | Path | None = None, *, faces: str | int | Iterable[int] = "all", align: str = "auto",
-                     options: RunOptions | None = None, control: RunControl | None = None,
+                     options: RunOptions | RunConfig | None = None, control: RunControl | None = None,
                      max_frames: int | None = None, fps: float | Fraction | None = None) -> FacesResult:
         """Several faces of one photo (``faces``: "all" or indices, 0 = the largest), each aligned and
         reenacted by ``driving`` in turn (progress per face), pasted back into one video of the photo
@@ -367,10 +341,10 @@ class Reenactor:
             return FacesResult(indices, len(store.faces[0]), float(rate), path, None)
 
     def write_output(self, path: Path, frames: Iterator[np.ndarray], rate: Fraction, driving: Any,
-                     options: RunOptions | None) -> None:
+                     options: RunOptions | RunConfig | None) -> None:
         """Frames of a run with ``options`` written as a video (with the driving clip's audio) and its sidecar."""
         audio = Path(driving) if isinstance(driving, str | Path) and probe_video(driving).has_audio else None
-        _write_with_sidecar(path, frames, rate, audio, self.run_config(options or RunOptions()), StageTimer())
+        _write_with_sidecar(path, frames, rate, audio, self.sidecar(self.run_config(options)), StageTimer())
 
     def _driving(self, driving: Any, max_frames: int | None, fps: float | Fraction | None):
         """-> (a function returning a fresh frame iterator, frame rate, audio source or None)."""
@@ -390,19 +364,19 @@ class Reenactor:
         return (lambda: (fit_square(np.asarray(f), self.size) for f in items)), rate, None
 
     # -- live ----------------------------------------------------------------------------------
-    def stream(self, source: SourceHandle | str | Path | np.ndarray, options: RunOptions | None = None,
+    def stream(self, source: SourceHandle | str | Path | np.ndarray, options: RunOptions | RunConfig | None = None,
                control: RunControl | None = None, queue_frames: int = 32, paste_back: bool = False,
                mode: str | None = None) -> ReenactStream:
         """A causal stream: push driving frames, read finished frames (see ``ReenactStream``);
         ``paste_back`` (aligned sources) returns frames pasted into the whole source image;
         ``mode=`` overrides ``options.mode``."""
-        cfg = self.run_config(_with_mode(options, mode))
+        run_cfg, plan = self._plan(options, mode)
         self._lock.acquire()
         try:
             handle = self._source(source)
             paster = handle.paster() if paste_back else None
-            runner = StreamRunner(self.stages, cfg, handle.features, self._noise(cfg), cfg.relative_motion,
-                                  control, queue_frames)
+            runner = StreamRunner(self.stages, run_cfg, handle.features, self._noise(run_cfg), control, queue_frames,
+                                  plan)
         except BaseException:
             self._lock.release()
             raise
@@ -420,7 +394,7 @@ class ReenactStream:
         self.runner, self.size, self._lock, self.paster = runner, size, lock, paster
         self._prepare = prepare  # the engine's set_source, called with its lock held (by this stream)
         self._pasters: list[tuple[int, PasteBack | None]] = [(0, paster)]  # from frame index on
-        self.controls = runner.cfg.controls
+        self.controls = runner.run.controls
         self.lookahead = runner.plan.lookahead
         self.steady_lookahead = runner.plan.steady_lookahead
         self.pushed = 0
@@ -542,14 +516,10 @@ class ReenactStream:
 
 def set_tf32(enabled: bool) -> None:
     """Both TF32 switches, either way: cuDNN convolutions default to TF32 even for float32 tensors, so a
-    float32 CUDA run must turn them off explicitly to be float32 (process-wide torch flags)."""
+    float32 CUDA run must turn them off explicitly to be float32. Process-wide torch flags: the process
+    that owns them sets them once (the CLIs do, from --tf32), never an engine per call."""
     torch.backends.cuda.matmul.allow_tf32 = enabled
     torch.backends.cudnn.allow_tf32 = enabled
-
-
-def _with_mode(options: RunOptions | None, mode: str | None) -> RunOptions:
-    options = options or RunOptions()
-    return options if mode is None else replace(options, mode=mode)
 
 
 def compose(frames: Iterable[np.ndarray], handle: SourceHandle, driving: Iterable[np.ndarray] | None,
@@ -571,7 +541,7 @@ def compose(frames: Iterable[np.ndarray], handle: SourceHandle, driving: Iterabl
 
 
 def _write_with_sidecar(path: Path, frames: Iterator[np.ndarray], rate: Fraction, audio: Path | None,
-                        cfg: RunConfig, timer: StageTimer) -> None:
+                        config: dict[str, Any], timer: StageTimer) -> None:
     """The video and its ``.json`` sidecar appear together or not at all."""
     sidecar = path.with_suffix(".json")
     if sidecar.is_dir():
@@ -590,7 +560,7 @@ def _write_with_sidecar(path: Path, frames: Iterator[np.ndarray], rate: Fraction
             yield frame
 
     try:
-        tmp.write_text(json.dumps(asdict(cfg), indent=2, sort_keys=True, default=str))
+        tmp.write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
         t0 = time.perf_counter()
         write_video(path, timed(), rate, audio_from=audio)
         timer.add("write", time.perf_counter() - t0 - waited)

@@ -51,7 +51,7 @@ def test_the_readme_snippet_runs_as_written(tmp_path: Path, monkeypatch: pytest.
 
     r, video, s, out = ns["r"], ns["video"], ns["s"], ns["out"]
     assert video.out == Path("out.mp4") and count_frames(Path("out.mp4")) == video.num_frames == 14
-    assert json.loads(Path("out.json").read_text())["sampler"]["steps"] == 25  # render: exact, the defaults
+    assert json.loads(Path("out.json").read_text())["run"]["steps"] == 25  # render: exact, the defaults
     assert s.lookahead == 13
     # one frame pushed, flushed by end(): its result comes back
     assert out.index == 0 and out.frame.shape == (128, 128, 3) and out.frame.dtype == np.uint8 and out.latency > 0
@@ -129,6 +129,6 @@ def test_networks_built_for_one_time_context_refuse_another() -> None:
 
     r = Reenactor.from_preset("tiny")
     _, _, nets = load_preset("tiny", None, 0, "fixed")
-    cfg = replace(r.cfg, sampler=replace(r.cfg.sampler, time_context="release"))
+    cfg = replace(r.cfg, time_context="release")
     with pytest.raises(BackendError, match="time context"):
         create_backend("torch", cfg, nets=nets)

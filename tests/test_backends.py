@@ -16,7 +16,7 @@ from engine.backends import BackendError, create_backend, trt_runtime
 from engine.backends.ort_backend import OrtBackend
 from engine.backends.torch_backend import TorchBackend
 from engine.config import presets
-from engine.config.settings import RunConfig, WindowConfig
+from engine.config.settings import EngineConfig, WindowConfig
 from engine.graphs.modules import GraphOptions, build_specs
 from engine.models.networks import build_tiny
 from export import trt_build
@@ -65,7 +65,7 @@ def test_onnxruntime_graph_checks_shapes_and_writes_preallocated_outputs(tiny_en
 
 def test_engines_for_another_resolution_are_refused(tiny_engines) -> None:
     engines, _ = tiny_engines
-    cfg = RunConfig(model=presets.tiny(), size=128)
+    cfg = EngineConfig(model=presets.tiny(), size=128)
     create_backend("onnxruntime", cfg, engines=engines)  # the build's own shape: accepted
     with pytest.raises(BackendError, match="image size 128.*needs image size 64"):
         create_backend("onnxruntime", replace(cfg, size=64), engines=engines)
@@ -74,7 +74,7 @@ def test_engines_for_another_resolution_are_refused(tiny_engines) -> None:
 
 
 def test_onnxruntime_needs_an_engines_folder(tmp_path: Path) -> None:
-    cfg = RunConfig(model=presets.tiny(), size=128)
+    cfg = EngineConfig(model=presets.tiny(), size=128)
     with pytest.raises(BackendError, match="needs --engines"):
         create_backend("onnxruntime", cfg)
     with pytest.raises(BackendError, match="no usable appearance graph.*not built yet"):
@@ -94,7 +94,7 @@ def test_tensorrt_modules_import_without_tensorrt() -> None:
 
 @pytest.mark.skipif(not TRT_ABSENT, reason="TensorRT is installed here")
 def test_tensorrt_absent_is_one_clear_error(tmp_path: Path, capsys) -> None:
-    cfg = RunConfig(model=presets.tiny(), size=128)
+    cfg = EngineConfig(model=presets.tiny(), size=128)
     with pytest.raises(trt_runtime.TensorRTUnavailable) as info:
         create_backend("tensorrt", cfg, engines=tmp_path)
     assert str(info.value) == trt_runtime.INSTALL_HINT

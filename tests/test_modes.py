@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from engine.api import Reenactor, RunOptions
+from engine.api import EngineOptions, Reenactor, RunOptions
 from engine.config import modes
+from engine.config.modes import RunConfig, RunPlan
 from engine.diffusion import windows
 from engine.diffusion.guidance import Guidance
 from engine.errors import InputError
 from engine.graphs.modules import ALL_GRAPH_NAMES, GraphOptions, build_specs
-from engine.runtime import ExactRun
+from engine.runtime import ExactRun, RunHooks
 
 SIGMAS = torch.tensor([700.0, 70.0, 2.3, 0.5, 0.0])
 
@@ -53,7 +54,7 @@ def test_eval_plan_reuses_the_wfm_and_refreshes_it_for_cfg() -> None:
 
 
 def test_modes_resolve_with_overrides() -> None:
-    assert modes.resolve("exact") == modes.Knobs()
+    assert modes.resolve("exact") == RunConfig()
     turbo = modes.resolve("turbo", steps=6, overlap=None)
     assert turbo.steps == 6 and turbo.overlap == modes.MODES["turbo"].overlap
     with pytest.raises(ValueError, match="mode"):
@@ -135,7 +136,11 @@ def source(engine: Reenactor):
 def final_latents(engine: Reenactor, source, clip: np.ndarray, options: RunOptions, split: bool = False):
     cfg = engine.run_config(options)
     record: dict[str, torch.Tensor] = {}
-    run = ExactRun(engine.stages, cfg, source.features, iter(clip), engine._noise(cfg), record=record, split=split)
+    hooks = RunHooks(latents=lambda latents: record.update(final_latents=latents[None]))
+    plan = RunPlan.of(cfg, engine.cfg.scheduler)
+    if split:  # the split wfm + unet graphs even though nothing is reused (k = 1)
+        plan = replace(plan, split=True)
+    run = ExactRun(engine.stages, cfg, source.features, iter(clip), engine._noise(cfg), hooks=hooks, plan=plan)
     frames = np.stack(list(run.frames()))
     return record["final_latents"], frames
 
@@ -161,7 +166,7 @@ def test_fast_mode_with_reuse_across_a_guidance_change_runs(engine, source, clip
     # first:1 + wfm_every 2: the 2nd evaluation reuses the conditional rows of the CFG pair's WFM outputs
     options = RunOptions(mode="fast", steps=4, guidance_mode="first:1")
     latents, frames = final_latents(engine, source, clip[:14], options)
-    exact, _ = final_latents(engine, source, clip[:14], replace(options, wfm_every=1))
+    exact, _ = final_latents(engine, source, clip[:14], options.replace(wfm_every=1))
     assert frames.shape == (14, 128, 128, 3) and torch.isfinite(latents).all()
     assert 0 < rel(latents, exact) < 1.0  # an approximation, not a different model
 
@@ -195,8 +200,6 @@ def test_a_backend_without_the_mode_graphs_is_refused(engine) -> None:
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_half_precision_on_cpu_finishes_with_finite_frames(clip: np.ndarray, dtype: str) -> None:
-    from engine.api import EngineOptions
-
     frames = {}
     for dt in ("float32", dtype):
         r = Reenactor.from_preset("tiny", EngineOptions(dtype=dt))
@@ -213,7 +216,20 @@ def test_cli_takes_the_mode_and_every_knob() -> None:
 
     args = parse_args(["--mode", "turbo", "--wfm-every", "3", "--guidance-mode", "interval:0.5:20",
                        "--sampler", "heun", "--schedule", "karras", "--overlap", "4", "--kv-downsample", "2"])
-    knobs = modes.resolve(args.mode, **{k: getattr(args, k) for k in modes.KNOB_NAMES})
+    knobs = args.run.resolve()  # checked while parsing
     assert (knobs.wfm_every, knobs.sampler, knobs.schedule, knobs.overlap, knobs.steps) == (3, "heun", "karras", 4, 4)
     with pytest.raises(SystemExit):
         parse_args(["--guidance-mode", "sometimes"])
+
+
+def test_wfm_reuse_keeps_each_window_groups_own_outputs() -> None:
+    """WFM reuse over a clip of several windows, one window per denoiser call, equals the same run with
+    every window in one call: each group reuses its own WFM outputs (keyed by the group's place in the
+    run; keyed by its place in its call, every group reused the last group's: 255 levels off)."""
+    clip = np.random.default_rng(1).integers(0, 256, (16, 64, 64, 3), dtype=np.uint8)  # 2 windows
+    image = np.full((64, 64, 3), 120, np.uint8)
+    frames = []
+    for window_batch in (1, 2):  # the WFM runs at every 2nd evaluation, reused in between
+        with Reenactor.from_preset("tiny", EngineOptions(size=64, window_batch=window_batch)) as e:
+            frames.append(e.render(e.set_source(image), clip, options=RunOptions(mode="fast", steps=4)).frames)
+    assert np.abs(frames[0].astype(int) - frames[1].astype(int)).max() <= 1

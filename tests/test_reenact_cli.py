@@ -58,7 +58,7 @@ def test_default_demo_writes_playable_h264_with_driving_frames_and_fps(tmp_path:
     assert fps == pytest.approx(d_fps)
     assert "reenact:" in res.stdout and " s/frame" in res.stdout  # the timing line
     cfg = json.loads(out.with_suffix(".json").read_text())
-    assert cfg["model"]["name"] == "tiny" and cfg["sampler"]["steps"] == 2
+    assert cfg["engine"]["model"]["name"] == "tiny" and cfg["run"]["steps"] == 2
 
 
 def test_stream_flag_runs_the_file_through_the_live_path(tmp_path: Path) -> None:
@@ -66,7 +66,7 @@ def test_stream_flag_runs_the_file_through_the_live_path(tmp_path: Path) -> None
     res = run_cli("--out", str(out), "--stream", "--max-frames", "20", *FAST)
     assert res.returncode == 0, res.stderr
     assert probe(out)[0] == 20 and "streamed (first frame" in res.stdout
-    assert json.loads(out.with_suffix(".json").read_text())["sampler"]["steps"] == 1
+    assert json.loads(out.with_suffix(".json").read_text())["run"]["steps"] == 1
 
 
 @pytest.mark.parametrize("n", [1, 5])

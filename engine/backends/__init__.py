@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.backends.base import Backend, BackendError, GraphRunner
-from engine.config.settings import ModelConfig, RunConfig
+from engine.config.settings import EngineConfig, ModelConfig
 
 if TYPE_CHECKING:  # the networks (diffusers, transformers) load only for the torch backend
     from engine.models.networks import Networks
@@ -40,27 +40,27 @@ def precision_for_dtype(kind: str, dtype: str) -> str:
     raise BackendError(f"--backend {kind} runs float32 or float16 artifacts; dtype {dtype} needs --backend torch")
 
 
-def create_backend(kind: str, cfg: RunConfig, nets: Networks | None = None, engines: Path | None = None,
+def create_backend(kind: str, cfg: EngineConfig, nets: Networks | None = None, engines: Path | None = None,
                    **options: Any) -> Backend:
-    """``kind`` for a pipeline with RunConfig ``cfg``: torch needs ``nets``, the others ``engines``."""
+    """``kind`` for an engine built with ``cfg``: torch needs ``nets``, the others ``engines``."""
     if kind == "torch":
         from engine.backends.torch_backend import TorchBackend
 
         if nets is None:
             raise BackendError("the torch backend needs the networks (weights)")
-        if nets.time_context != cfg.sampler.time_context:
+        if nets.time_context != cfg.time_context:
             # the layout is baked into the modules; a run config saying otherwise would be a lie
             raise BackendError(
-                f"the networks were built with time context {nets.time_context!r} but the run asks for "
-                f"{cfg.sampler.time_context!r}; build them with the run's setting"
+                f"the networks were built with time context {nets.time_context!r} but the engine asks for "
+                f"{cfg.time_context!r}; build them with the run's setting"
             )
-        specs = torch_specs(cfg.model, cfg.size, cfg.windows.size, cfg.sampler.time_context, nets)
+        specs = torch_specs(cfg.model, cfg.size, cfg.windows.size, cfg.time_context, nets)
         return TorchBackend(nets, specs)
     if kind not in BACKENDS:
         raise BackendError(f"unknown backend {kind!r}; choose one of {BACKENDS}")
     if engines is None:
         raise BackendError(f"--backend {kind} needs --engines DIR (built with python -m engine.build)")
-    expect = {"model": cfg.model, "time_context": cfg.sampler.time_context, "image_size": cfg.size,
+    expect = {"model": cfg.model, "time_context": cfg.time_context, "image_size": cfg.size,
               "window": cfg.windows.size}
     options.setdefault("precision", precision_for_dtype(kind, cfg.dtype))
     if kind == "onnxruntime":

@@ -91,6 +91,14 @@ class Backend:
         """``backend.run("warp", feature_volume=..., kp_source=..., kp_driving=...)``."""
         return self[graph].run(feeds)
 
+    def kv_downsample(self, factor: int) -> Backend:
+        """This backend with the denoiser's full attentions on ``factor`` x ``factor``-pooled keys/values
+        (engine.models.approx). Only a backend with eager networks (``nets``) can rewrite them."""
+        if factor == 1:
+            return self
+        raise BackendError(f"kv_downsample {factor} changes the networks' attention: it runs on the torch backend "
+                           f"only, not on {self.name}")
+
     def fixed_dim(self, graph: str, dim: str) -> int | None:
         return self[graph].fixed_dims().get(dim)
 

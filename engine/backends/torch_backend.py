@@ -8,6 +8,7 @@ graphs with autocast disabled, in float32, as the release does.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -54,3 +55,19 @@ class TorchBackend(Backend):
         device = next(iter(runners.values())).device if runners else torch.device("cpu")
         super().__init__(runners, device)
         self.nets: Networks = nets
+        self.specs = dict(specs)
+        self._pooled: dict[int, TorchBackend] = {}
+
+    def kv_downsample(self, factor: int) -> TorchBackend:
+        """This backend with the denoiser's full attentions on ``factor`` x ``factor``-pooled keys/values
+        (engine.models.approx): built once per factor over the same parameters; this one stays exact."""
+        if factor == 1:
+            return self
+        if factor not in self._pooled:
+            from engine.models.approx import kv_downsample
+
+            nets = dataclasses.replace(self.nets, denoiser=kv_downsample(self.nets.denoiser, factor))
+            denoiser_graphs = {n: s for n, s in self.specs.items()
+                               if {"warping_feature_mapper", "unet"} & set(s.slots)}
+            self._pooled[factor] = TorchBackend(nets, denoiser_graphs)
+        return self._pooled[factor]

@@ -14,12 +14,9 @@ alone (``Item.error``) so that the other items still run.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import hashlib
 import json
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,16 +27,9 @@ from engine.errors import EngineError, InputError
 FIXED_COLUMNS = ("source", "driving", "out", "max_frames")
 
 
-def _scalar(hint: Any) -> type:
-    """``int | None`` -> int; ``str`` -> str."""
-    if typing.get_origin(hint) in (types.UnionType, typing.Union):
-        return next(a for a in typing.get_args(hint) if a is not type(None))
-    return hint
-
-
-# RunOptions field -> its scalar type (int, float, str, bool): the per-item options
-OPTION_TYPES: dict[str, type] = {f.name: _scalar(typing.get_type_hints(RunOptions)[f.name])
-                                 for f in dataclasses.fields(RunOptions)}
+# RunOptions keyword -> its scalar type (int, float, str, bool): the per-item options (the mode and every
+# run knob, as declared in engine.config.modes.RunConfig)
+OPTION_TYPES: dict[str, type] = RunOptions.types()
 COLUMNS = (*FIXED_COLUMNS, *OPTION_TYPES)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
@@ -190,7 +180,7 @@ def file_digest(path: Path) -> str:
 def item_key(item: Item, engine: dict[str, Any], source_sha: str, driving_sha: str) -> str:
     """What decides an item's output: the engine, the item's options and the inputs' bytes. An output
     recorded under the same key is reused; any change (a new seed, an edited clip) renders again."""
-    options = dataclasses.asdict(item.run_options())
+    options = item.run_options().to_json()
     blob = json.dumps({"engine": engine, "options": options, "max_frames": item.max_frames,
                        "source": source_sha, "driving": driving_sha}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]

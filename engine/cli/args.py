@@ -12,12 +12,17 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
+from engine.config.knobs import Knob, base_type, knob_fields
 from engine.config.settings import SEED_MAX
 from engine.errors import InputError
+
+__all__ = ["SEED_MAX", "Parser", "add_knob_arguments", "creatable_dir", "existing_dir", "finite_float", "int_in",
+           "knob_values", "positive_int", "seed_int"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -67,6 +72,54 @@ def finite_float(lo: float | None = None, hi: float | None = None, lo_open: bool
 
 positive_int = int_in(1)
 seed_int = int_in(0, SEED_MAX)
+
+
+def _knob_type(name: str, base: type, k: Knob) -> Callable[[str], Any]:
+    """An argparse type from a knob's declaration: the text as ``base``, then the knob's own check."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = int(text, 10) if base is int else base(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'a whole number' if base is int else 'a number'}") from None
+        try:
+            return k.check(name, value)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    parse.__name__ = {int: "integer", float: "number"}.get(base, base.__name__)
+    return parse
+
+
+def add_knob_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup, cls: Any,
+                       default_is: str = "") -> None:
+    """One ``--flag`` per ``knob`` field of dataclass ``cls`` (engine.config.knobs) offered on the command
+    line: its type, limits, choices and help come from the declaration. A flag left out is absent from
+    the parsed namespace (``knob_values`` then leaves the declaration's default to apply);
+    ``default_is`` names who supplies that default (e.g. "the mode's")."""
+    hints = typing.get_type_hints(cls)
+    for f, k in knob_fields(cls):
+        if not k.cli:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if default_is:
+            shown = f"default: {default_is}; exact: {f.default}"
+        else:
+            shown = f"default: {f.default}" if f.default not in (None, False) else ""
+        helptext = f"{k.help} ({shown})" if shown else k.help
+        base = base_type(hints[f.name])
+        if base is bool:
+            p.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=k.help)
+        else:
+            choices = list(k.choices) if k.choices is not None else None
+            p.add_argument(flag, type=_knob_type(f.name, base, k), choices=choices, default=argparse.SUPPRESS,
+                           help=helptext)
+
+
+def knob_values(args: argparse.Namespace, cls: Any) -> dict[str, Any]:
+    """The knobs of ``cls`` given on the command line (flags left out are absent)."""
+    return {f.name: getattr(args, f.name) for f, _ in knob_fields(cls) if hasattr(args, f.name)}
 
 
 def existing_dir(path: Path, option: str, what: str = "folder") -> Path:

@@ -17,14 +17,16 @@ from pathlib import Path
 import torch
 
 from engine.cli.args import Parser, creatable_dir, existing_dir, finite_float, int_in, positive_int, seed_int
-from engine.errors import EngineError
+from engine.config import presets
+from engine.config.settings import TIME_CONTEXTS
+from engine.errors import EngineError, InputError
 from engine.graphs.modules import ALL_GRAPH_NAMES, GRAPH_NAMES, GRID_SAMPLE_FORMS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = Parser(prog="python -m engine.build", description=__doc__,
                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=["tiny", "official"], default="tiny")
+    p.add_argument("--preset", choices=sorted(presets.PRESETS), default="tiny")
     p.add_argument("--weights", type=Path, default=None, help="the release's pretrained_weights/ folder")
     p.add_argument("--target", choices=["onnx", "trt"], default="onnx")
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
@@ -36,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", type=int_in(64, multiple_of=64), default=None,
                    help="output side in pixels, a multiple of 64 (default: the preset's)")
     p.add_argument("--seed", type=seed_int, default=0, help="tiny preset without --weights: the init seed")
-    p.add_argument("--time-context", choices=["release", "fixed"], default="release")
+    p.add_argument("--time-context", choices=TIME_CONTEXTS, default="release")
     p.add_argument("--grid-sample", choices=GRID_SAMPLE_FORMS, default=None,
                    help="5-D sampling in the warp graph (default: onnx20 for onnx, decomposed for trt)")
     p.add_argument("--attention", choices=["mha", "onnx23", "decomposed"], default=None,
@@ -52,8 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not 1 <= args.window_batch <= args.max_windows:
         p.error("need 1 <= --window-batch <= --max-windows")
-    if args.preset == "official" and args.weights is None:
-        p.error("--preset official needs --weights DIR (the release's pretrained_weights/ folder)")
+    try:
+        presets.require_weights(args.preset, args.weights)
+    except InputError as err:
+        p.error(str(err))
     return args
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from engine.cli.args import Parser, creatable_dir, existing_dir, positive_int
+from engine.config.settings import TIME_CONTEXTS
 from engine.errors import EngineError, InputError
 from engine.fixtures import TensorCheck
 
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     p = Parser(prog="python -m engine.fixtures", description=__doc__)
     p.add_argument("fixture_dir", type=Path)
     p.add_argument("--kinds", nargs="*", choices=KINDS, default=None, help="only these kinds")
-    p.add_argument("--time-context", choices=["release", "fixed"], default="release")
+    p.add_argument("--time-context", choices=TIME_CONTEXTS, default="release")
     p.add_argument("--window-batch", type=positive_int, default=1, help="pipeline kind: windows per denoiser call")
     p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",

@@ -16,23 +16,18 @@ from pathlib import Path
 
 import torch
 
-from engine.cli.args import Parser, existing_dir, finite_float, int_in, positive_int, seed_int
+from engine.api import EngineOptions, set_tf32
+from engine.cli.args import Parser, add_knob_arguments, existing_dir, knob_values, positive_int
 from engine.cli.progress import PROGRESS_MODES, make_progress
-from engine.config.modes import DECODERS, KNOB_NAMES, KV_FACTORS, MODES, resolve
-from engine.diffusion.guidance import Guidance
-from engine.diffusion.sampling import SAMPLERS, SCHEDULES
+from engine.config import presets
+from engine.config.modes import MODES, RunConfig, RunOptions
+from engine.config.presets import PRESETS
 from engine.errors import EngineError, InputError
+from engine.face.align import METHODS as ALIGN_METHODS
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DEFAULT_SOURCE = ASSETS / "source.png"
 DEFAULT_DRIVING = ASSETS / "driving.mp4"
-
-
-def guidance_mode(text: str) -> str:
-    try:
-        return str(Guidance.parse(text))
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def face_selection(text: str) -> str | int | tuple[int, ...]:
@@ -51,42 +46,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--driving", type=Path, default=DEFAULT_DRIVING, help="driving video")
     p.add_argument("--out", type=Path, default=Path("outputs/reenact.mp4"),
                    help="output .mp4; OUT.json beside it records the resolved configuration")
-    p.add_argument("--preset", choices=["tiny", "official"], default="tiny")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     p.add_argument("--weights", type=Path, default=None, help="the release's pretrained_weights/ folder")
-    # latents are size/8 and the UNet halves them three times: the side must divide by 64
-    p.add_argument("--size", type=int_in(64, multiple_of=64), default=None,
-                   help="output side in pixels, a multiple of 64 (default: the preset's)")
     p.add_argument("--mode", choices=sorted(MODES), default="exact",
                    help="exact = the release; fast <= 56, turbo <= 18, ultra <= 3.3 TFLOP/frame at 512^2 "
-                        "(docs/modes.md; ultra needs --student and --tiny-decoder); "
-                        "every knob below given explicitly overrides the mode's value")
-    p.add_argument("--steps", type=positive_int, default=None, help="denoising steps (exact: the release's 25)")
-    p.add_argument("--guidance", type=finite_float(), default=2.5, help="classifier-free guidance scale")
-    p.add_argument("--sampler", choices=list(SAMPLERS), default=None, help="solver (exact: euler)")
-    p.add_argument("--schedule", choices=list(SCHEDULES), default=None,
-                   help="noise schedule (default: the sampler's own; euler: release, ddim: leading)")
-    p.add_argument("--guidance-mode", type=guidance_mode, default=None,
-                   help="when CFG runs: full | none | first:K | interval:LO:HI (exact: full)")
-    p.add_argument("--wfm-every", type=positive_int, default=None,
-                   help="run the Warping Feature Mapper every k-th evaluation, reuse it in between (exact: 1)")
-    p.add_argument("--overlap", type=int_in(1, 13), default=None, help="window overlap in frames (exact: 6)")
-    p.add_argument("--kv-downsample", type=int, choices=KV_FACTORS, default=None,
-                   help="2: 2x2-pooled keys/values in the WFM's full attentions, 4x less attention (torch only)")
-    p.add_argument("--decoder", choices=DECODERS, default=None,
-                   help="tiny: the TAESD decoder given by --tiny-decoder (ultra: tiny; others: full)")
-    p.add_argument("--student", type=Path, default=None,
-                   help="a distilled student (python -m engine.distill): replaces the denoiser; runs the "
-                        "distilled sampler (modes ultra, fast, turbo, or --sampler distilled)")
-    p.add_argument("--tiny-decoder", type=Path, default=None,
-                   help="TAESD decoder weights (diffusers AutoencoderTiny, taesd_decoder.pth, or engine.distill's)")
-    p.add_argument("--seed", type=seed_int, default=0, help="the run's noise draws")
-    p.add_argument("--time-context", choices=["release", "fixed"], default="release",
-                   help="temporal-context layout: the release's (diffusers 0.27.2) or PR #7268's")
-    p.add_argument("--window-batch", type=positive_int, default=1, help="windows per denoiser call")
+                        "(docs/modes.md; ultra needs --student and --tiny-decoder); every run knob given "
+                        "explicitly overrides the mode's value")
+    # the run's knobs and the engine's options, each declared once (engine.config.modes.RunConfig,
+    # engine.api.EngineOptions): flags, types, limits and help come from there
+    add_knob_arguments(p.add_argument_group("run knobs (default: the mode's value)"), RunConfig,
+                       default_is="the mode's")
+    add_knob_arguments(p.add_argument_group("engine"), EngineOptions)
     p.add_argument("--max-frames", type=positive_int, default=None, help="use only the first N driving frames")
     p.add_argument("--absolute-motion", action="store_true", help="self-reenactment: absolute driving motion")
     p.add_argument("--side-by-side", action="store_true", help="write source | driving | result")
-    p.add_argument("--align", choices=["none", "auto", "insightface", "opencv"], default="none",
+    p.add_argument("--align", choices=["none", *ALIGN_METHODS], default="none",
                    help="source face crop: none = centre crop; auto = the release's facecropper models from "
                         "--weights when present, else OpenCV")
     p.add_argument("--face-index", type=face_selection, default=None,
@@ -96,20 +70,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="with --align: paste each result frame back into the whole source image")
     p.add_argument("--stream", action="store_true",
                    help="run the clip through the causal live path (frames emitted as windows finish)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
-                   help="precision of the diffusion networks (LivePortrait stays float32)")
-    p.add_argument("--tf32", action="store_true", help="float32 on a CUDA GPU: allow TF32 tensor cores")
-    p.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], default="torch",
-                   help="what runs the networks (onnxruntime/tensorrt: graphs built by python -m engine.build)")
-    p.add_argument("--engines", type=Path, default=None, help="folder written by python -m engine.build --out")
+    p.add_argument("--tf32", action="store_true",
+                   help="float32 on a CUDA GPU: allow TF32 tensor cores (a setting of this process: torch's flags)")
     p.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
                    help="bars on a terminal, plain lines otherwise (auto), or none")
     p.add_argument("--quiet", action="store_true", help="same as --progress none")
     args = p.parse_args(argv)
+    if args.absolute_motion:
+        args.relative_motion = False  # the declaration's True, off by this flag's name
+    # the run's options, checked here (a bad value: exit 2 before any network); the engine resolves them
+    # once (on an engine carrying a student, fast and turbo take its knobs), runs and records the result
     try:
-        resolve(args.mode, **{k: getattr(args, k) for k in KNOB_NAMES})
-    except ValueError as err:
+        args.run = RunOptions(args.mode, **knob_values(args, RunConfig))
+        args.run.check()
+        args.engine_options = EngineOptions(**knob_values(args, EngineOptions))
+        args.engine_options.check()
+    except InputError as err:
         p.error(str(err))
     if several_faces(args):
         if args.align == "none":
@@ -118,10 +94,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error("several faces render offline, without --side-by-side (drop --stream / --side-by-side)")
     if args.paste_back and args.align == "none":
         p.error("--paste-back needs --align auto|insightface|opencv (a face crop to paste back)")
-    if args.backend != "torch" and args.engines is None:
-        p.error(f"--backend {args.backend} needs --engines DIR (built with python -m engine.build)")
-    if args.preset == "official" and args.weights is None and args.backend == "torch":
-        p.error("--preset official needs --weights DIR (the release's pretrained_weights/ folder)")
+    if args.engine_options.backend == "torch":  # exported graphs carry their weights
+        try:
+            presets.require_weights(args.preset, args.weights)
+        except InputError as err:
+            p.error(str(err))
     return args
 
 
@@ -134,13 +111,13 @@ def check_inputs(args: argparse.Namespace, size: int) -> None:
     from engine.io import check_output_path, load_image, probe_video, read_rgb
 
     try:
-        device = torch.device(args.device)
+        device = torch.device(args.engine_options.device)
     except RuntimeError:
-        raise InputError(f"--device {args.device!r} is not a device; use cpu, cuda or cuda:N") from None
+        raise InputError(f"--device {args.engine_options.device!r} is not a device; use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(
-            f"--device {args.device}: this torch ({torch.__version__}) has no usable CUDA; install a CUDA build "
-            "(see README, 'On a GPU') or use --device cpu"
+            f"--device {args.engine_options.device}: this torch ({torch.__version__}) has no usable CUDA; "
+            "install a CUDA build (see README, 'On a GPU') or use --device cpu"
         )
     load_image(args.source, size)
     if several_faces(args):  # no face, or an index beyond those found: known before any network is built
@@ -165,22 +142,16 @@ def check_inputs(args: argparse.Namespace, size: int) -> None:
 
 
 def run(args: argparse.Namespace) -> str:
-    from engine.api import EngineOptions, Reenactor, RunOptions
+    from engine.api import Reenactor
     from engine.models import networks
 
     start = time.perf_counter()
     model, _ = networks.preset_configs(args.preset, args.weights if args.preset == "official" else None)
-    check_inputs(args, args.size or model.image_size)
-    engine = Reenactor.from_preset(
-        args.preset,
-        EngineOptions(size=args.size, device=args.device, dtype=args.dtype, backend=args.backend,
-                      engines=args.engines, time_context=args.time_context, window_batch=args.window_batch,
-                      tf32=args.tf32, student=args.student, tiny_decoder=args.tiny_decoder),
-        weights=args.weights,
-    )
-    options = RunOptions(mode=args.mode, guidance=args.guidance, seed=args.seed,
-                         relative_motion=not args.absolute_motion, **{k: getattr(args, k) for k in KNOB_NAMES})
-    run_cfg = engine.run_config(options)  # the resolved knobs, for the summary line
+    check_inputs(args, args.engine_options.size or model.image_size)
+    if torch.device(args.engine_options.device).type == "cuda":
+        set_tf32(args.tf32)  # process-wide torch flags: set once, by the process that owns them
+    engine = Reenactor.from_preset(args.preset, args.engine_options, weights=args.weights)
+    options = run_cfg = engine.run_config(args.run)  # resolved once, checked against this engine
     progress = make_progress("none" if args.quiet else args.progress)
     load_s = time.perf_counter() - start
     summary: tuple[str, dict[str, float], int]
@@ -222,12 +193,12 @@ def _run_one(engine, args: argparse.Namespace, options, progress) -> tuple[str, 
 def _summary(args: argparse.Namespace, engine, run_cfg, summary, start: float, load_s: float) -> str:
     label, sec, n = summary
     total = time.perf_counter() - start
-    backend = "" if args.backend == "torch" else f"{args.backend}, "
+    backend = "" if args.engine_options.backend == "torch" else f"{args.engine_options.backend}, "
     mode = f"{args.mode}{', stream' if args.stream else ''}"
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in sec.items() if k != "total")
     return (
         f"reenact: {label} {engine.size}x{engine.size} [{args.preset}, {backend}{mode}, "
-        f"{run_cfg.sampler.sampler} {run_cfg.sampler.steps} steps] in {total:.1f} s = "
+        f"{run_cfg.sampler} {run_cfg.steps} steps] in {total:.1f} s = "
         f"{total / max(n, 1):.2f} s/frame (load {load_s:.1f} s, {stages}) -> {args.out}"
     )
 
@@ -268,8 +239,8 @@ def _run_stream(engine, source, args, options, progress) -> tuple[str, dict[str,
         frames = compose(results(), source, drive, args.paste_back)
 
         timer = StageTimer()
-        cfg = engine.run_config(options)
-        _write_with_sidecar(args.out, frames, info.rate, args.driving if info.has_audio else None, cfg, timer)
+        _write_with_sidecar(args.out, frames, info.rate, args.driving if info.has_audio else None,
+                            engine.sidecar(options), timer)
         reader.join()
         sec = dict(stream.stage_seconds(), **timer.seconds)
     n = len(latencies)

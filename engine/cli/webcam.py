@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from engine.cli.args import Parser, positive_int, seed_int
+from engine.config.presets import PRESETS
 from engine.errors import EngineError, InputError
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[1] / "assets" / "source.png"
@@ -91,7 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=positive_int, default=1, help="denoising steps (1 keeps it live)")
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--max-frames", type=positive_int, default=None, help="stop after N captured frames")
-    p.add_argument("--preset", choices=["tiny", "official"], default="tiny", help="in-process engine")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="in-process engine")
     p.add_argument("--weights", type=Path, default=None, help="in-process engine: the release's weights folder")
     p.add_argument("--size", type=int, default=None, help="in-process engine: output side")
     p.add_argument("--device", default="cpu", help="in-process engine: device")
@@ -342,9 +343,7 @@ def run(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # the stream's three worker threads each get an OpenMP team; spinning idle teams halved the
-    # frame rate on 2 cores (measured: 5.3 -> 11 fps): let them sleep (before torch is imported)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # OMP_WAIT_POLICY=PASSIVE (idle OpenMP teams sleep) is set once, by engine/__init__.py
     args = parse_args(argv)
     try:
         print(run(args))

@@ -11,6 +11,7 @@ from importlib import resources
 from typing import Any
 
 from engine.config.settings import VAE_SCALE, ModelConfig
+from engine.errors import InputError
 
 _SVD_UNET_TYPES: dict[str, Any] = {
     "in_channels": 8,
@@ -168,6 +169,13 @@ def tiny() -> ModelConfig:
 
 
 PRESETS: dict[str, Callable[[], ModelConfig]] = {"official": official, "tiny": tiny}
+NEEDS_WEIGHTS = ("official",)  # presets whose networks are the release's checkpoints (no seeded init)
+
+
+def require_weights(preset: str, weights: object | None, given_as: str = "--weights DIR") -> None:
+    """The one check that a preset whose networks come from checkpoints was given them (InputError)."""
+    if preset in NEEDS_WEIGHTS and weights is None:
+        raise InputError(f"the {preset} preset needs {given_as} (the release's pretrained_weights/ folder)")
 
 
 def from_name(name: str) -> ModelConfig:

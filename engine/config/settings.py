@@ -1,5 +1,19 @@
-"""Typed configuration: what to build (ModelConfig), how to sample (SamplerConfig),
-how to tile time (WindowConfig) and one run's choices (RunConfig).
+"""Typed configuration by lifetime.
+
+    EngineConfig   what an engine is built with and every stage receives at build: the networks
+                   (ModelConfig), output size, dtype, device, time-context layout, window size and
+                   batch, the trained noise schedule and SVD's micro-conditioning. Fixed for the
+                   engine's lifetime.
+    RunConfig      one run's knobs (sampler, steps, guidance, window overlap, seed, ...), each
+                   declared ONCE with its limits and help (``engine.config.knobs``), in
+                   ``engine.config.modes`` (it names solvers and guidance strategies, so it sits
+                   with diffusion); a mode is a bundle of values for them. Resolved once per run.
+
+Adding a run knob is a one-place change: add a ``knob(...)`` field to ``RunConfig`` (default = the
+release's value). ``RunOptions`` accepts it as a keyword, every CLI built on
+``engine.cli.args.add_knob_arguments`` gets ``--its-name``, the HTTP server accepts it when declared
+with ``serve=True``, and the run's sidecar JSON records it. Read it where it acts, from the RunConfig
+the scheduler hands on (see docs/configs.md).
 
 Network configs stay plain dicts in the release's own schema (LivePortrait's
 models.yaml ``model_params``, diffusers' UNet/VAE configs, transformers' CLIP config) so a
@@ -8,20 +22,20 @@ released config file can be dropped in unchanged.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from engine.config.controls import MotionControls
 
 # One definition of each runtime constant that several modules use.
 MOTION_CHUNK = 16  # driving frames per warp call (LivePortrait's chunk): bounded memory
 DECODE_CHUNK = 8  # frames per VAE decoder call
 VAE_SCALE = 0.18215  # SD VAE scaling factor, when a VAE config does not carry its own
 SEED_MAX = 2**64 - 1  # torch.manual_seed takes at most 64 bits
-
+DTYPES = ("float32", "float16", "bfloat16")
+TIME_CONTEXTS = ("release", "fixed")  # diffusers 0.27.2's temporal-context layout | diffusers PR #7268's
+KV_FACTORS = (1, 2)  # 2: keys/values of the WFM's full attentions averaged over 2x2 pixels
+DECODERS = ("full", "tiny")  # the VAE's own decoder | TAESD (engine.models.taesd), given to the engine
 SVD_XT_SCHEDULER: dict[str, Any] = {
     "_class_name": "EulerDiscreteScheduler",
     "beta_end": 0.012,
@@ -63,60 +77,45 @@ class ModelConfig:
 
     @property
     def latent_channels(self) -> int:
+        """Channels of the VAE latents the UNet denoises (4 for SD's VAE)."""
+        return int(self.vae.get("latent_channels", 4))
+
+    @property
+    def head_channels(self) -> int:
+        """Channels of the HeadNet's head latents: the UNet's first block width (320 in SVD)."""
         return int(self.unet["block_out_channels"][0])
 
 
 @dataclass(frozen=True)
-class SamplerConfig:
-    """Denoising loop settings; the defaults are the release's inference.py settings."""
+class MicroConditioning:
+    """SVD's added time ids, as the release passes them (an engine setting: not a per-run knob)."""
 
-    sampler: str = "euler"  # "euler" (release default) | "ddim" (paper: 30 steps) | "heun" | "dpmpp_2m"
-    schedule: str | None = None  # "release" | "karras" | "leading"; None: the sampler's own (engine.diffusion.sampling)
-    steps: int = 25
-    guidance_mode: str = "full"  # when CFG runs: full | none | first:K | interval:LO:HI (engine.diffusion.guidance)
-    wfm_every: int = 1  # the WFM runs every k-th model evaluation; its outputs are reused in between
-    min_guidance: float = 2.5
-    max_guidance: float = 2.5
-    time_context: str = "release"  # "release" (diffusers 0.27.2 layout) | "fixed" (diffusers PR #7268)
-    cond_fps: int = 7  # the release passes fps=7 whatever the driving clip's rate
+    fps: int = 7  # the release passes fps=7 whatever the driving clip's rate
     motion_bucket_id: int = 127
     noise_aug_strength: float = 0.02
-    scheduler: dict[str, Any] = field(default_factory=lambda: dict(SVD_XT_SCHEDULER))
 
 
 @dataclass(frozen=True)
 class WindowConfig:
-    """Temporal tiling: windows of ``size`` frames overlapping by ``overlap``; frame 0 in each."""
+    """Temporal tiling fixed at build: ``size`` frames per window (frame 0 in each), ``batch`` windows
+    per denoiser call (each brings its CFG pair). The overlap is a run knob (``RunConfig.overlap``)."""
 
     size: int = 14
-    overlap: int = 6
-    batch: int = 1  # windows per denoiser call (each brings its CFG pair)
+    batch: int = 1
 
 
 @dataclass(frozen=True)
-class RunConfig:
-    """Everything one reenactment run used; saved next to its output."""
+class EngineConfig:
+    """What an engine's stages are built with; fixed for the engine's lifetime."""
 
     model: ModelConfig
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)
-    windows: WindowConfig = field(default_factory=WindowConfig)
-    size: int = 512
-    seed: int = 0
-    relative_motion: bool = True  # False: self-reenactment (absolute driving motion)
-    dtype: str = "float32"
+    size: int  # output side in pixels
+    dtype: str = "float32"  # of the diffusion networks; LivePortrait always runs in float32
     device: str = "cpu"
-    mode: str = "exact"  # the named mode the knobs came from (engine.config.modes); recorded, never read back
-    kv_downsample: int = 1  # 2: 2x2-averaged keys/values in the WFM's full attentions (an approximation)
-    decoder: str = "full"  # "tiny": the TAESD decoder (engine.models.taesd) instead of the VAE's
-    controls: MotionControls = field(default_factory=MotionControls)  # smoothing and motion controls (at start)
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
-
-    def save(self, path: Path) -> None:
-        tmp = Path(str(path) + ".tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)
+    time_context: str = "release"  # one of TIME_CONTEXTS, baked into the networks
+    windows: WindowConfig = field(default_factory=WindowConfig)
+    micro: MicroConditioning = field(default_factory=MicroConditioning)
+    scheduler: dict[str, Any] = field(default_factory=lambda: dict(SVD_XT_SCHEDULER))  # the trained noise schedule
 
 
 def read_json_object(path: Path, error: type[Exception], what: str, fix: str) -> dict[str, Any]:

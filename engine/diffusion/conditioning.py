@@ -8,22 +8,11 @@ and the micro-conditioning ids (fps - 1, motion bucket, noise strength).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 CLIP_SIZE = (224, 224)
-
-
-@dataclass
-class Conditioning:
-    """The classifier-free-guidance pairs (row 0 unconditional = zeros, row 1 conditional)."""
-
-    image_embeddings: torch.Tensor  # [2, 1, D]   CLIP image embedding
-    image_latents: torch.Tensor  # [2, 4, h, w]  VAE posterior mode of the noise-augmented source
-    added_time_ids: torch.Tensor  # [2, 3]        fps - 1, motion bucket id, noise aug strength
 
 
 def _gaussian_kernel(size: int, sigma: float, dtype: torch.dtype) -> torch.Tensor:

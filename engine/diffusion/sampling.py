@@ -128,10 +128,6 @@ def make_schedule(sampler: str, steps: int, cfg: dict[str, Any], schedule: str |
     return SCHEDULES[name](steps, cfg)
 
 
-def scale_model_input(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    return x / ((sigma**2 + 1) ** 0.5)
-
-
 def v_to_x0(model_output: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Denoised estimate from a v-prediction (computed in float32 as the release does)."""
     return model_output * (-sigma / (sigma**2 + 1) ** 0.5) + (x / (sigma**2 + 1))

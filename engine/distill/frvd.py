@@ -16,11 +16,10 @@ import numpy as np
 import torch
 
 from engine.config import modes
-from engine.config.settings import RunConfig
+from engine.config.modes import RunConfig, RunPlan
 from engine.diffusion import sampling
 from engine.distill.objective import step_loss
 from engine.graphs.mode_modules import DenoiserCondGraph
-from engine.models.approx import kv_downsample
 from engine.runtime import ExactRun, Noise
 from engine.runtime.common import HeadStore, timestep_for
 from engine.runtime.stages import RunConditioning, SourceFeatures, WindowInput, to_uint8
@@ -44,49 +43,47 @@ class Prepared:
 
 
 def knob_cfg(engine, mode: str, **knobs: object) -> RunConfig:
-    """The engine's RunConfig in ``mode`` with ``knobs``, without the API's student checks (training
-    evaluates the teacher's networks in the student's schedule and vice versa)."""
-    k = modes.resolve(mode, modes.Knobs.of(engine.cfg), **knobs)
-    return k.apply(engine.cfg, mode)
+    """The RunConfig of ``mode`` with ``knobs``, without the API's student checks (training evaluates the
+    teacher's networks in the student's schedule and vice versa)."""
+    return modes.resolve(mode, **knobs)
 
 
 def prepare(engine, cfg: RunConfig, ex: Example) -> Prepared:
-    noise = Noise.draw(ex.seed, cfg.size, cfg.windows.size)
+    noise = Noise.draw(ex.seed, engine.cfg.size, engine.cfg.windows.size)
     run = ExactRun(engine.stages, replace(cfg, seed=ex.seed), ex.source, iter(ex.frames), noise)
     cond = engine.stages.source.conditioning(ex.source, noise.aug)
     heads = run.encode_motion()
-    s = cfg.sampler
-    schedule = sampling.make_schedule(s.sampler, s.steps, s.scheduler, s.schedule)
-    x_init = noise.initial_latents(range(heads.count), schedule)
+    assert run.plan is not None
+    x_init = noise.initial_latents(range(heads.count), run.plan.schedule)
     return Prepared(cond, heads, x_init, run)
 
 
 @torch.no_grad()
 def solve(engine, cfg: RunConfig, prep: Prepared, keep: list[int] | None = None) -> list[torch.Tensor]:
     """Run ``cfg``'s sampler from the prepared start; x at the schedule indices ``keep`` (default: the end)."""
-    s = cfg.sampler
-    schedule = sampling.make_schedule(s.sampler, s.steps, s.scheduler, s.schedule)
-    run = replace(prep.run, cfg=cfg)
-    model_fn = run.model_fn(prep.cond, prep.heads, schedule)
+    run = replace(prep.run, run=cfg, plan=RunPlan.of(cfg, engine.cfg.scheduler))
+    assert run.plan is not None
+    schedule = run.plan.schedule
+    model_fn = run.model_fn(prep.cond, prep.heads)
     keep = keep if keep is not None else [len(schedule.sigmas) - 1]
-    return sampling.teacher_trajectory(model_fn, prep.x_init, schedule.sigmas, keep, s.sampler)
+    return sampling.teacher_trajectory(model_fn, prep.x_init, schedule.sigmas, keep, cfg.sampler)
 
 
 def teacher_trajectory(teacher, ex: Example, k: int) -> list[torch.Tensor]:
     """The teacher's exact-mode latents at the K-step student's sigmas (x_0 = the initial noise)."""
     cfg = knob_cfg(teacher, "exact")
-    return solve(teacher, cfg, prepare(teacher, cfg, ex), sampling.student_indices(k, cfg.sampler.steps))
+    return solve(teacher, cfg, prepare(teacher, cfg, ex), sampling.student_indices(k, cfg.steps))
 
 
 def student_denoised(student, cfg: RunConfig, prep: Prepared, x: torch.Tensor, sigma: torch.Tensor,
                      graph: DenoiserCondGraph) -> torch.Tensor:
-    """D(x, sigma) of the student's conditional row over one window, with gradients."""
-    schedule = sampling.make_schedule("distilled", cfg.sampler.steps, cfg.sampler.scheduler)
+    """D(x, sigma) of the student's conditional row over one window, with gradients (``graph``: the
+    student's conditional-row graph, with pooled keys/values when the run's ``kv_downsample`` says so)."""
+    schedule = sampling.make_schedule("distilled", cfg.steps, student.cfg.scheduler)
     item = WindowInput(x, sigma, timestep_for(schedule, sigma), prep.heads.gather(list(range(x.shape[0]))))
     feeds = student.stages.denoise._fill([item], prep.cond, pairs=False)
     spec = student.backend["denoiser_cond"].spec
-    with kv_downsample(graph.denoiser, cfg.kv_downsample):
-        unet_out, infofill = graph(*[feeds[n] for n in spec.input_names])
+    unet_out, infofill = graph(*[feeds[n] for n in spec.input_names])
     return sampling.v_to_x0((unet_out + infofill)[0].float(), x, sigma)
 
 
@@ -95,7 +92,7 @@ def train_step(student, cfg: RunConfig, prep: Prepared, traj: list[torch.Tensor]
                scale: float = 1.0) -> float:
     """Backward of every student step's loss times ``scale`` (teacher-forced: each step starts at the
     teacher's x_k); gradients accumulate in the student's parameters. Returns the summed loss (unscaled)."""
-    sigmas = sampling.make_schedule("distilled", cfg.sampler.steps, cfg.sampler.scheduler).sigmas
+    sigmas = sampling.make_schedule("distilled", cfg.steps, student.cfg.scheduler).sigmas
     total = 0.0
     for i in range(len(sigmas) - 1):
         denoised = student_denoised(student, cfg, prep, traj[i], sigmas[i], graph)

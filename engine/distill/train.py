@@ -163,6 +163,7 @@ class _StudentTask:
     def __init__(self, cfg: DistillConfig, d: distributed.Dist, student, train: list, held: list) -> None:
         from engine.distill import frvd
         from engine.graphs.mode_modules import DenoiserCondGraph
+        from engine.models.approx import kv_downsample
 
         self.cfg, self.d, self.student, self._teacher = cfg, d, student, None
         self.examples = [frvd.Example(student.set_source(f[0]).features, f, seed) for f, seed in train]
@@ -170,7 +171,8 @@ class _StudentTask:
         self.run_cfg = frvd.knob_cfg(self.student, "exact", sampler="distilled", steps=cfg.k, guidance_mode="none",
                                      kv_downsample=cfg.kv_downsample)
         self.denoiser = self.student.backend.nets.denoiser
-        self.graph = DenoiserCondGraph(self.student.backend.nets)
+        # the conditional-row graph, its keys/values pooled as the mode will run it (built once, parameters shared)
+        self.graph = kv_downsample(DenoiserCondGraph(self.student.backend.nets), cfg.kv_downsample)
         self.prepared: dict[int, Any] = {}
         self.trajectories: dict[int, list[torch.Tensor]] = {}
         self.denoiser.requires_grad_(True)

@@ -4,34 +4,29 @@ built beside the others in ``engine.graphs.modules``; the modules take the spec'
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
+from engine.models.approx import M, shared_copy
 from engine.models.time_context import SpatioTemporalTransformer
 
 
-@contextlib.contextmanager
-def cond_layout(denoiser: nn.Module, cond: bool) -> Iterator[None]:
-    """For conditional-only rows, the time-context layout that keeps each row's prediction what it is
-    inside a release CFG pair (``release_cond``; ``fixed`` rows are independent anyway). The layout is
-    a module attribute, so it is switched for the call and restored (one run at a time per engine)."""
+def cond_view(denoiser: M) -> M:
+    """The denoiser for conditional-only rows: the same parameters (shared, engine.models.approx.shared_copy)
+    with the time-context layout that keeps each row's prediction what it is inside a release CFG pair
+    (``release_cond``; ``fixed`` rows are independent anyway), set once here rather than switched
+    around each call."""
     blocks = [m for m in denoiser.modules() if isinstance(m, SpatioTemporalTransformer)]
-    if not cond or not blocks:
-        yield
-        return
-    saved = [(b.time_context, b.cfg_group) for b in blocks]
-    layout = "release_cond" if saved[0][0] == "release" else saved[0][0]
-    for b in blocks:
-        b.time_context, b.cfg_group = layout, 1
-    try:
-        yield
-    finally:
-        for b, (mode, group) in zip(blocks, saved, strict=True):
-            b.time_context, b.cfg_group = mode, group
+    if not blocks:
+        return denoiser
+    view = shared_copy(denoiser)
+    for b in view.modules():
+        if isinstance(b, SpatioTemporalTransformer):
+            b.time_context = "release_cond" if b.time_context == "release" else b.time_context
+            b.cfg_group = 1
+    return view
 
 
 class DenoiserCondGraph(nn.Module):
@@ -39,13 +34,11 @@ class DenoiserCondGraph(nn.Module):
 
     def __init__(self, nets: Any) -> None:
         super().__init__()
-        self.denoiser = nets.denoiser
+        self.denoiser = cond_view(nets.denoiser)
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
                 added_time_ids: torch.Tensor, head_latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with cond_layout(self.denoiser, True):
-            return self.denoiser.parts(sample, timestep, encoder_hidden_states, added_time_ids,
-                                       head_latents.flatten(0, 1))
+        return self.denoiser.parts(sample, timestep, encoder_hidden_states, added_time_ids, head_latents.flatten(0, 1))
 
 
 class WfmGraph(nn.Module):
@@ -53,13 +46,12 @@ class WfmGraph(nn.Module):
 
     def __init__(self, nets: Any, cond: bool = False) -> None:
         super().__init__()
-        self.denoiser, self.cond = nets.denoiser, cond
+        self.denoiser, self.cond = cond_view(nets.denoiser) if cond else nets.denoiser, cond
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
                 added_time_ids: torch.Tensor, head_latents: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        with cond_layout(self.denoiser, self.cond):
-            down, mid, infofill = self.denoiser.wfm(sample, timestep, encoder_hidden_states, added_time_ids,
-                                                    head_latents.flatten(0, 1), conditioning_scale=1.0)
+        down, mid, infofill = self.denoiser.wfm(sample, timestep, encoder_hidden_states, added_time_ids,
+                                                head_latents.flatten(0, 1), conditioning_scale=1.0)
         return (*down, mid, infofill)
 
 
@@ -72,7 +64,7 @@ class UnetGraph(nn.Module):
 
     def __init__(self, nets: Any, cond: bool = False) -> None:
         super().__init__()
-        self.denoiser, self.cond = nets.denoiser, cond
+        self.denoiser, self.cond = cond_view(nets.denoiser) if cond else nets.denoiser, cond
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
                 added_time_ids: torch.Tensor, down0: torch.Tensor, down1: torch.Tensor, down2: torch.Tensor,
@@ -80,6 +72,5 @@ class UnetGraph(nn.Module):
                 down7: torch.Tensor, down8: torch.Tensor, down9: torch.Tensor, down10: torch.Tensor,
                 down11: torch.Tensor, mid: torch.Tensor) -> torch.Tensor:
         down = (down0, down1, down2, down3, down4, down5, down6, down7, down8, down9, down10, down11)
-        with cond_layout(self.denoiser, self.cond):
-            return self.denoiser.unet(sample, timestep, encoder_hidden_states, added_time_ids,
-                                      down_block_additional_residuals=down, mid_block_additional_residual=mid)
+        return self.denoiser.unet(sample, timestep, encoder_hidden_states, added_time_ids,
+                                  down_block_additional_residuals=down, mid_block_additional_residual=mid)

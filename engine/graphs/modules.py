@@ -350,9 +350,9 @@ def build_specs(model: ModelConfig, opts: GraphOptions, names: tuple[str, ...] =
     vol = LP_INPUT >> int(afe["num_down_blocks"])  # feature volume side = trunk side = latent side
     volume = (1, int(afe["reshape_channel"]), int(afe["reshape_depth"]), vol, vol)
     unet = model.unet
-    c0 = model.latent_channels
+    c0 = model.head_channels
     latent = opts.image_size // 2 ** (len(model.vae["block_out_channels"]) - 1)
-    lat_ch = int(model.vae.get("latent_channels", 4))
+    lat_ch = model.latent_channels
     size, window = opts.image_size, opts.window
     cross = unet["cross_attention_dim"]
     cross = cross if isinstance(cross, int) else cross[0]
@@ -493,10 +493,6 @@ def build_specs(model: ModelConfig, opts: GraphOptions, names: tuple[str, ...] =
     if unknown:
         raise ValueError(f"unknown graphs {unknown}; choose from {list(ALL_GRAPH_NAMES + OPTIONAL_GRAPH_NAMES)}")
     return {s.name: s for s in specs if s.name in names}
-
-
-def options_for(model: ModelConfig, size: int | None = None, **overrides: Any) -> GraphOptions:
-    return GraphOptions(image_size=size or model.image_size, **overrides)
 
 
 def describe_options(opts: GraphOptions) -> dict[str, Any]:

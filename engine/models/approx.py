@@ -7,23 +7,23 @@ projections; the projections are affine, so pooling before them equals pooling K
 queries keep full resolution, so the output does too. At the official size the first block's
 two attentions over 57,344 tokens are a quarter of all the work (docs/cost_model.md).
 
-It is installed around a call and removed after: each full attention's ``to_k`` / ``to_v`` is
-wrapped by a module that pools its input first, so whichever attention forward runs (diffusers'
-processor or a lean one) sees pooled keys and values. Exact mode never sees it; exported graphs
-never contain it (torch backend only). Grids with an odd side stay exact.
+``kv_downsample(denoiser, 2)`` builds, once, a copy of the network that shares every parameter with
+it and in which each full attention's ``to_k`` / ``to_v`` is wrapped by a module that pools its input
+first, so whichever attention forward runs (diffusers' processor or a lean one) sees pooled keys and
+values. The original network is never changed: exact mode never sees it; exported graphs never
+contain it (torch backend only: ``TorchBackend.kv_downsample``). Grids with an odd side stay exact.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+import copy
+import itertools
+from typing import TypeVar
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from diffusers.models.attention_processor import Attention
+M = TypeVar("M", bound=nn.Module)
 
 
 class PooledProjection(nn.Module):
@@ -50,36 +50,33 @@ def pooled_tokens(tokens: int, frames: int, h: int, w: int, factor: int) -> int:
     return frames * (h // factor) * (w // factor)
 
 
-@contextlib.contextmanager
-def kv_downsample(module: nn.Module, factor: int) -> Iterator[None]:
-    """Within the block, every full attention under ``module`` uses ``factor`` x ``factor``-pooled keys/values."""
+def shared_copy(module: M) -> M:
+    """A structural copy of ``module`` whose parameters and buffers ARE the original's (shared, no
+    memory): a variant of a network whose submodules are configured differently, set once at build."""
+    shared = {id(t): t for t in itertools.chain(module.parameters(), module.buffers())}
+    return copy.deepcopy(module, memo=shared)
+
+
+def kv_downsample(module: M, factor: int) -> M:
+    """``module`` (a shared copy when ``factor`` > 1) in which every full attention uses ``factor`` x
+    ``factor``-pooled keys/values; the original is left exact. Built once, then called like the original."""
     if factor == 1:
-        yield
-        return
+        return module
     # imported here: the runtime imports this module, and its torch path must import without diffusers
     from diffusers.models.attention_processor import Attention
 
     from engine.models.svd_blocks import FullTemporalTransformer
 
-    swapped: list[tuple[Attention, str, nn.Module]] = []
-    hooks = []
-    try:
-        for block in [m for m in module.modules() if isinstance(m, FullTemporalTransformer)]:
-            grid: list[tuple[int, int, int]] = [(0, 0, 0)]
+    pooled = shared_copy(module)
+    for block in [m for m in pooled.modules() if isinstance(m, FullTemporalTransformer)]:
+        grid: list[tuple[int, int, int]] = [(0, 0, 0)]
 
-            def record(mod: nn.Module, args: tuple, grid: list = grid) -> None:
-                hidden, indicator = args[0], args[1]
-                grid[0] = (int(indicator.shape[-1]), int(hidden.shape[-2]), int(hidden.shape[-1]))
+        def record(mod: nn.Module, args: tuple, grid: list = grid) -> None:
+            hidden, indicator = args[0], args[1]
+            grid[0] = (int(indicator.shape[-1]), int(hidden.shape[-2]), int(hidden.shape[-1]))
 
-            hooks.append(block.register_forward_pre_hook(record))
-            for attn in [m for m in block.modules() if isinstance(m, Attention)]:
-                for name in ("to_k", "to_v"):
-                    original = getattr(attn, name)
-                    swapped.append((attn, name, original))
-                    setattr(attn, name, PooledProjection(original, factor, grid))
-        yield
-    finally:
-        for attn, name, original in reversed(swapped):
-            setattr(attn, name, original)
-        for hook in hooks:
-            hook.remove()
+        block.register_forward_pre_hook(record)
+        for attn in [m for m in block.modules() if isinstance(m, Attention)]:
+            for name in ("to_k", "to_v"):
+                setattr(attn, name, PooledProjection(getattr(attn, name), factor, grid))
+    return pooled

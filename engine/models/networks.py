@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from engine.config import presets
-from engine.config.settings import ModelConfig, SamplerConfig
+from engine.config.settings import SVD_XT_SCHEDULER, ModelConfig
 from engine.errors import require_import
 from engine.models import weights
 
@@ -104,7 +104,7 @@ def build_networks(model: ModelConfig, time_context: str = "release") -> Network
     clip_cfg._attn_implementation = "sdpa"
     nets = Networks(
         motion=MotionBranch(model.liveportrait),
-        head_net=HeadNet(model.trunk_channels, model.latent_channels),
+        head_net=HeadNet(model.trunk_channels, model.head_channels),
         denoiser=Denoiser(wfm, unet),
         vae=vae,
         image_encoder=CLIPVisionModelWithProjection(clip_cfg),
@@ -147,11 +147,13 @@ def _converge_spectral_vectors(weight: torch.Tensor, u: torch.Tensor, v: torch.T
 
 
 def build_tiny(model: ModelConfig, seed: int, time_context: str) -> Networks:
-    torch.manual_seed(seed)  # module constructors draw from the global generator
-    return seeded_init_(build_networks(model, time_context), seed)
+    # module constructors draw from the global generator: seed it for them, then give the caller's state back
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return seeded_init_(build_networks(model, time_context), seed)
 
 
-def _official_config(weights_dir: Path) -> tuple[ModelConfig, SamplerConfig]:
+def _official_config(weights_dir: Path) -> tuple[ModelConfig, dict[str, Any]]:
     """The official preset, updated with whatever config files the weights folder carries."""
     model = presets.official()
     unet = weights.read_json_config(weights_dir, "unet") or model.unet
@@ -163,9 +165,8 @@ def _official_config(weights_dir: Path) -> tuple[ModelConfig, SamplerConfig]:
         {"image_mean": norm["image_mean"], "image_std": norm["image_std"]} if norm else model.clip_normalize
     )
     model = replace(model, unet=unet, vae=vae, clip_vision=clip_vision, clip_normalize=clip_normalize)
-    scheduler = weights.read_json_config(weights_dir, "scheduler")
-    sampler = SamplerConfig(scheduler=scheduler) if scheduler else SamplerConfig()
-    return model, sampler
+    scheduler = weights.read_json_config(weights_dir, "scheduler") or dict(SVD_XT_SCHEDULER)
+    return model, scheduler
 
 
 def load_official(weights_dir: Path, model: ModelConfig, time_context: str, manifests: bool = True) -> Networks:
@@ -208,13 +209,14 @@ def _materialize_derived_buffers(nets: Networks) -> None:
 
 def load_preset(
     preset: str, weights_dir: Path | None, seed: int = 0, time_context: str = "release"
-) -> tuple[ModelConfig, SamplerConfig, Networks]:
-    """A preset's configs and networks: the release's files when given, else the seeded init (tiny)."""
+) -> tuple[ModelConfig, dict[str, Any], Networks]:
+    """A preset's configs (networks, trained noise schedule) and networks: the release's files when
+    given, else the seeded init (tiny)."""
     if preset == "official":
-        if weights_dir is None:
-            raise weights.WeightsError("the official preset needs --weights DIR (the release's pretrained_weights/)")
-        model, sampler_cfg = _official_config(Path(weights_dir))
-        return model, sampler_cfg, load_official(Path(weights_dir), model, time_context)
+        presets.require_weights(preset, weights_dir)
+        assert weights_dir is not None
+        model, scheduler = _official_config(Path(weights_dir))
+        return model, scheduler, load_official(Path(weights_dir), model, time_context)
     model = presets.from_name(preset)
     if weights_dir is not None:
         trained = weights.trained_files(Path(weights_dir))
@@ -224,13 +226,13 @@ def load_preset(
             slots = nets.slots()
             for name, path in trained.items():
                 weights.load_into(slots[name], weights.read_state_dict(path), path)
-            return model, SamplerConfig(), nets
-        return model, SamplerConfig(), load_official(Path(weights_dir), model, time_context, manifests=False)
-    return model, SamplerConfig(), build_tiny(model, seed, time_context)
+            return model, dict(SVD_XT_SCHEDULER), nets
+        return model, dict(SVD_XT_SCHEDULER), load_official(Path(weights_dir), model, time_context, manifests=False)
+    return model, dict(SVD_XT_SCHEDULER), build_tiny(model, seed, time_context)
 
 
-def preset_configs(preset: str, weights_dir: Path | None) -> tuple[ModelConfig, SamplerConfig]:
+def preset_configs(preset: str, weights_dir: Path | None) -> tuple[ModelConfig, dict[str, Any]]:
     """A preset's configs without building any network (backends that run exported graphs)."""
     if preset == "official" and weights_dir is not None:
         return _official_config(Path(weights_dir))
-    return presets.from_name(preset), SamplerConfig()
+    return presets.from_name(preset), dict(SVD_XT_SCHEDULER)

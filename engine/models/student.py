@@ -99,23 +99,23 @@ def mode_knobs(mode: str, student: StudentInfo | None, given: dict[str, Any]) ->
 def check_run(cfg: Any, student: StudentInfo | None, has_tiny_decoder: bool) -> None:
     """A student runs only its own sampler and step count; the tiny decoder must have been given.
     Raises ValueError with the fix."""
-    s, st = cfg.sampler, student
+    st = student
     if cfg.decoder == "tiny" and not has_tiny_decoder:
         raise ValueError(f"mode {cfg.mode!r} decodes with the tiny VAE decoder, which this engine was not given: "
                          "pass --tiny-decoder FILE (EngineOptions.tiny_decoder): TAESD weights, or make them "
                          "with python -m engine.distill --what vae-decoder")
-    if s.sampler == "distilled" and st is None:
+    if cfg.sampler == "distilled" and st is None:
         raise ValueError(f"mode {cfg.mode!r} runs a distilled student, which this engine was not given: pass "
                          "--student FILE (EngineOptions.student); make one with python -m engine.distill "
                          "--what student --steps K")
     if st is None:
         return
-    if s.sampler != "distilled":
+    if cfg.sampler != "distilled":
         raise ValueError(f"this engine's denoiser is the distilled student {st.path}: it runs only the distilled "
                          f"sampler (modes ultra, fast, turbo, or --sampler distilled --steps {st.steps}); "
-                         f"mode {cfg.mode!r} with sampler {s.sampler!r} needs the teacher (an engine without "
+                         f"mode {cfg.mode!r} with sampler {cfg.sampler!r} needs the teacher (an engine without "
                          "--student)")
-    if s.steps != st.steps or cfg.kv_downsample != st.kv_downsample:
+    if cfg.steps != st.steps or cfg.kv_downsample != st.kv_downsample:
         raise ValueError(f"the student {st.path} was distilled for {st.steps} steps with kv_downsample "
-                         f"{st.kv_downsample}; this run asks for {s.steps} and {cfg.kv_downsample}: give "
+                         f"{st.kv_downsample}; this run asks for {cfg.steps} and {cfg.kv_downsample}: give "
                          f"--steps {st.steps} --kv-downsample {st.kv_downsample}, or distil a student for these")

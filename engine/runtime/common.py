@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.config.settings import RunConfig
+from engine.config.modes import RunConfig
 from engine.diffusion import sampling
 
 
@@ -34,8 +34,8 @@ class Noise:
 
 def guidance_scales(cfg: RunConfig, num_frames: int) -> torch.Tensor:
     """[F, 1, 1, 1] per-frame guidance: linspace(min, max) flipped (release habit)."""
-    s = cfg.sampler
-    return torch.linspace(s.min_guidance, s.max_guidance, num_frames).flip(0)[:, None, None, None]
+    lo, hi = cfg.guidance_range
+    return torch.linspace(lo, hi, num_frames).flip(0)[:, None, None, None]
 
 
 def timestep_for(schedule: sampling.Schedule, sigma: torch.Tensor) -> torch.Tensor:

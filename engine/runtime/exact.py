@@ -13,29 +13,18 @@ head latents [F, c0, h, w] (see README for the bytes per frame).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 
-from engine.config import modes
-from engine.config.settings import RunConfig
+from engine.config.modes import RunConfig, RunPlan
 from engine.diffusion import conditioning, sampling, windows
-from engine.runtime.common import HeadStore, Noise, guidance_scales, timestep_for
+from engine.runtime.common import HeadStore, Noise, guidance_scales
 from engine.runtime.control import RunControl, StageTimer
-from engine.runtime.stages import (
-    MOTION_CHUNK,
-    RunConditioning,
-    SourceFeatures,
-    Stages,
-    WindowInput,
-    WindowOutput,
-    to_uint8,
-)
-
-Record = dict[str, torch.Tensor]
+from engine.runtime.stages import MOTION_CHUNK, RunConditioning, SourceFeatures, Stages, to_uint8
+from engine.runtime.step import DenoiseStep, RunHooks
 
 
 def chunked(frames: Iterable[np.ndarray], size: int, pad_to: int) -> Iterator[np.ndarray]:
@@ -60,25 +49,29 @@ def chunked(frames: Iterable[np.ndarray], size: int, pad_to: int) -> Iterator[np
 
 @dataclass
 class ExactRun:
-    """One exact-mode run: construct, then iterate ``frames()`` (uint8 [H, W, 3] in order)."""
+    """One exact-mode run: construct, then iterate ``frames()`` (uint8 [H, W, 3] in order).
+    ``hooks`` observe what it computes (fixtures, tests); ``plan`` is the run's, computed once (by the
+    caller, else here)."""
 
     stages: Stages
-    cfg: RunConfig
+    run: RunConfig
     source: SourceFeatures
     driving: Iterable[np.ndarray]
     noise: Noise
     control: RunControl = field(default_factory=RunControl)
     timer: StageTimer = field(default_factory=StageTimer)
-    record: Record | None = None
-    relative: bool = True
-    split: bool = False  # the split wfm + unet graphs even when nothing is reused (tests: k = 1 == exact)
+    hooks: RunHooks = field(default_factory=RunHooks)
+    plan: RunPlan | None = None
     num_frames: int = 0  # driving frames read (set by the motion step)
+
+    def __post_init__(self) -> None:
+        if self.plan is None:
+            self.plan = RunPlan.of(self.run, self.stages.cfg.scheduler)
 
     # 2. ------------------------------------------------------------------------------ motion
     def encode_motion(self) -> HeadStore:
-        motion = self.stages.motion(self.source, self.relative, self.cfg.controls)
+        motion = self.stages.motion(self.source, self.run.relative_motion, self.run.controls)
         heads = HeadStore(self.stages.denoise.backend.device)
-        trunks = []
         count = 0
 
         def counted() -> Iterator[np.ndarray]:
@@ -87,129 +80,84 @@ class ExactRun:
                 count += 1
                 yield frame
 
-        for chunk in chunked(counted(), MOTION_CHUNK, self.cfg.windows.size):
+        for chunk in chunked(counted(), MOTION_CHUNK, self.stages.cfg.windows.size):
             with self.timer("motion"):
                 out = motion.run_pm1(conditioning.to_pm1(chunk))
             heads.append(out.head_latents)
-            if self.record is not None:
-                trunks.append(out.trunk)
+            if self.hooks.motion is not None:
+                self.hooks.motion(out)
             self.control.report("motion", heads.count, max(heads.count, count))
         self.num_frames = count
-        if self.record is not None:
-            self.record["motion_trunk"] = torch.cat(trunks)[None].float()
+        if self.hooks.heads is not None:
+            self.hooks.heads(heads.chunks)
         return heads
 
     # 3. ----------------------------------------------------------------------------- denoise
-    def model_fn(self, cond: RunConditioning, heads: HeadStore, schedule: sampling.Schedule,
-                 on_window: Callable[[int, WindowOutput], None] | None = None,
-                 on_guided: Callable[[torch.Tensor], None] | None = None) -> sampling.ModelFn:
-        """x [F, 4, h, w], sigma -> denoised [F, 4, h, w]: window-blended CFG pairs (or conditional rows,
-        per the run's guidance strategy), guidance; the WFM reused as the mode's plan says."""
-        wc, s = self.cfg.windows, self.cfg.sampler
-        all_windows = windows.window_indices(heads.count, wc.size, wc.overlap)
-        weight = windows.window_weights(len(all_windows[0]))[:, None, None, None]  # [T, 1, 1, 1]
-        guidance = guidance_scales(self.cfg, heads.count)
-        per_call = self.stages.denoise.per_call
+    def model_fn(self, cond: RunConditioning, heads: HeadStore) -> sampling.ModelFn:
+        """x [F, 4, h, w], sigma -> denoised [F, 4, h, w]: the one denoise step over all the clip's
+        windows, blended; CFG and WFM reuse as the run plan says."""
+        plan = self.plan
+        assert plan is not None
+        all_windows = windows.window_indices(heads.count, self.stages.cfg.windows.size, self.run.overlap)
         device = self.stages.denoise.backend.device
-        weight, guidance = weight.to(device), guidance.to(device)
+        weight = windows.window_weights(len(all_windows[0]))[:, None, None, None].to(device)  # [T, 1, 1, 1]
+        guidance = guidance_scales(self.run, heads.count).to(device)
         # device index tensors made once: a Python list as a CUDA index is a blocking host-to-device copy
         # per use (several per window and evaluation on the hot path)
         index = [torch.tensor(idx, device=device) for idx in all_windows]
-        plan = iter(modes.eval_plan(s.sampler, schedule.sigmas, s.guidance_mode, s.wfm_every))
-        cache: dict[Any, Any] | None = {} if s.wfm_every > 1 or self.split else None  # WFM outputs per window group
-        progress = {"done": 0, "total": len(all_windows) * len(sampling.eval_sigmas(s.sampler, schedule.sigmas))}
+        step = DenoiseStep(self.stages, cond, self.run.kv_downsample, plan.schedule, self.timer, self.hooks)
+        evals = iter(plan.evals)
+        cache: dict | None = {} if plan.split else None  # WFM outputs per window group
+        total = len(all_windows) * len(plan.evals)
+        done = 0
+
+        def report(n: int) -> None:
+            nonlocal done
+            done += n
+            self.control.report("denoise", done, total)
+
+        def window_heads(k: int) -> torch.Tensor:
+            return heads.gather(all_windows[k])
 
         def model_fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            ev = next(plan)
-            timestep = timestep_for(schedule, sigma)
-            rows = 2 if ev.cfg else 1
-            pred = torch.zeros(rows, *x.shape, device=x.device)  # [rows, F, 4, h, w] (uncond, cond), float32
-            count = torch.zeros(x.shape[0], device=x.device)
-            for start in range(0, len(all_windows), per_call):
-                group = all_windows[start : start + per_call]
-                items = [WindowInput(x.index_select(0, index[start + k]), sigma, timestep, heads.gather(idx))
-                         for k, idx in enumerate(group)]
-                with self.timer("denoise"):
-                    outs = self.stages.denoise(items, cond, cfg=ev.cfg, wfm=ev.wfm, cache=cache,
-                                               kv_downsample=self.cfg.kv_downsample)
-                for k, (_, out) in enumerate(zip(group, outs, strict=True)):
-                    pred.index_add_(1, index[start + k], out.noise_pred * weight)  # windows' frames are distinct
-                    count.index_add_(0, index[start + k], weight[:, 0, 0, 0])
-                    if on_window is not None:
-                        on_window(start + k, out)
-                progress["done"] += 1
-                self.control.report("denoise", progress["done"], progress["total"])
-            pred = pred / count[:, None, None, None]
-            guided = pred[0] + guidance * (pred[1] - pred[0]) if ev.cfg else pred[0]
-            if on_guided is not None:
-                on_guided(guided)
+            guided = step(x, sigma, next(evals), index, window_heads, guidance, weight, cache, report)
             return sampling.v_to_x0(guided, x, sigma)
 
         return model_fn
 
     def denoise(self, cond: RunConditioning, heads: HeadStore) -> torch.Tensor:
-        s = self.cfg.sampler
-        schedule = sampling.make_schedule(s.sampler, s.steps, s.scheduler, s.schedule)
-        latents = self.noise.initial_latents(range(heads.count), schedule)  # [F, 4, h, w]
+        plan = self.plan
+        assert plan is not None
+        latents = self.noise.initial_latents(range(heads.count), plan.schedule)  # [F, 4, h, w]
         latents = latents.to(self.stages.denoise.backend.device)
-        rec = _StepRecorder(self.record)
-        model_fn = self.model_fn(cond, heads, schedule, rec.window if rec.on else None,
-                                 rec.guided if rec.on else None)
-        return sampling.SAMPLERS[s.sampler](model_fn, latents, schedule.sigmas, callback=rec.step)
+        sampler = sampling.SAMPLERS[self.run.sampler]
+        return sampler(self.model_fn(cond, heads), latents, plan.schedule.sigmas, callback=self.hooks.step)
 
     # 4. ------------------------------------------------------------------------------ decode
     def decode(self, latents: torch.Tensor) -> Iterator[torch.Tensor]:
         """Final latents -> float [n, 3, H, W] chunks in [0, 1], only the clip's own frames."""
         n = self.num_frames
         per_call = self.stages.decode.per_call
+        plan = self.plan
+        assert plan is not None
         for start in range(0, n, per_call):
             with self.timer("decode"):
-                frames = self.stages.decode(latents[start : min(start + per_call, n)], tiny=self.cfg.decoder == "tiny")
+                frames = self.stages.decode(latents[start : min(start + per_call, n)], tiny=plan.tiny_decoder)
             self.control.report("decode", min(start + per_call, n), n)
+            if self.hooks.frames is not None:
+                self.hooks.frames(frames)
             yield frames
 
     # all ---------------------------------------------------------------------------------
     def frames(self) -> Iterator[np.ndarray]:
         with self.timer("source"):
             cond = self.stages.source.conditioning(self.source, self.noise.aug)
+        if self.hooks.conditioning is not None:
+            self.hooks.conditioning(cond)
         heads = self.encode_motion()
         latents = self.denoise(cond, heads)
-        if self.record is not None:
-            self.record["head_latents"] = torch.cat(heads.chunks)
         del heads
-        if self.record is not None:
-            self.record.update(final_latents=latents[None], image_latents_cfg=_cfg_pair(cond.image_latents),
-                               image_embeddings_cfg=_cfg_pair(cond.image_embeds),
-                               added_time_ids=cond.added_time_ids.repeat(2, 1),
-                               vae_latent_mean=cond.image_latents, clip_image_embeds=cond.image_embeds[:, 0])
-            self.record["frames"] = torch.cat(list(self.decode(latents)))[None]
-            yield from to_uint8(self.record["frames"][0])
-            return
+        if self.hooks.latents is not None:
+            self.hooks.latents(latents)
         for chunk in self.decode(latents):
             yield from to_uint8(chunk)
-
-
-def _cfg_pair(t: torch.Tensor) -> torch.Tensor:
-    return torch.cat([torch.zeros_like(t), t])
-
-
-class _StepRecorder:
-    """Names every window output and step result as the pipeline fixture does (``step{i}_...``).
-    The step index is counted here, from the sampler's callbacks, not inside the sampler."""
-
-    def __init__(self, record: Record | None) -> None:
-        self.record, self.on, self.index = record, record is not None, 0
-
-    def window(self, w: int, out: WindowOutput) -> None:
-        assert self.record is not None
-        self.record[f"step{self.index}_win{w}_infofill"] = out.infofill.float()
-        self.record[f"step{self.index}_win{w}_unet_out"] = out.unet_out.float()
-
-    def guided(self, guided: torch.Tensor) -> None:
-        assert self.record is not None
-        self.record[f"step{self.index}_noise_pred_guided"] = guided[None]
-
-    def step(self, i: int, x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> None:
-        if self.record is not None:
-            self.record[f"step{i}_latents"] = x[None]
-        self.index = i + 1

@@ -14,7 +14,6 @@ Schedulers (``engine.runtime``) decide what runs when; the stages decide nothing
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,9 +22,8 @@ import torch
 
 from engine.backends import Backend
 from engine.backends.base import Tensors
-from engine.config.settings import DECODE_CHUNK, MOTION_CHUNK, VAE_SCALE, RunConfig
+from engine.config.settings import DECODE_CHUNK, MOTION_CHUNK, VAE_SCALE, EngineConfig
 from engine.diffusion import conditioning
-from engine.models.approx import kv_downsample
 from engine.models.liveportrait.keypoints import (
     DrivingKeypoints,
     KeypointInfo,
@@ -75,7 +73,7 @@ class RunConditioning:
 
 
 class SourceStage:
-    def __init__(self, backend: Backend, cfg: RunConfig) -> None:
+    def __init__(self, backend: Backend, cfg: EngineConfig) -> None:
         self.backend, self.cfg = backend, cfg
 
     def keypoints(self, images01: torch.Tensor) -> KeypointInfo:
@@ -107,12 +105,13 @@ class SourceStage:
 
     @torch.no_grad()
     def conditioning(self, source: SourceFeatures, noise_aug: torch.Tensor) -> RunConditioning:
-        """The per-run part: the VAE sees the noise-augmented reference (posterior mode, unscaled)."""
-        s = self.cfg.sampler
+        """The per-run part: the VAE sees the noise-augmented reference (posterior mode, unscaled).
+        SVD's micro-conditioning is the engine's (EngineConfig.micro), the same for every run."""
+        m = self.cfg.micro
         image = conditioning.pil_like_tensor(source.reference_u8) * 2.0 - 1.0
-        image = image + s.noise_aug_strength * noise_aug.to(image.dtype)
+        image = image + m.noise_aug_strength * noise_aug.to(image.dtype)
         latents = self.backend.run("vae_encoder", image=image.to(self.backend.device))["latent"]
-        ids = conditioning.added_time_ids(s.cond_fps, s.motion_bucket_id, s.noise_aug_strength)[:1]
+        ids = conditioning.added_time_ids(m.fps, m.motion_bucket_id, m.noise_aug_strength)[:1]
         return RunConditioning(image_embeds=source.image_embeds, image_latents=latents, added_time_ids=ids)
 
 
@@ -232,12 +231,22 @@ class DenoiseStage:
     (the same numbers, no saving).
     """
 
-    def __init__(self, backend: Backend, cfg: RunConfig) -> None:
+    def __init__(self, backend: Backend, cfg: EngineConfig) -> None:
         self.backend, self.cfg = backend, cfg
         self.dtype = getattr(torch, cfg.dtype)
         self.per_call = min(cfg.windows.batch, backend.max_dim("denoiser", "windows") or cfg.windows.batch)
         self._buffers: dict[tuple[int, bool], dict[str, torch.Tensor]] = {}
         self._cond: RunConditioning | None = None
+        self._pooled: dict[int, DenoiseStage] = {}
+
+    def kv_downsample(self, factor: int) -> DenoiseStage:
+        """This stage on networks whose full attentions pool keys/values ``factor`` x ``factor``
+        (engine.models.approx), built once per factor and kept; torch backend only."""
+        if factor == 1:
+            return self
+        if factor not in self._pooled:
+            self._pooled[factor] = DenoiseStage(self.backend.kv_downsample(factor), self.cfg)
+        return self._pooled[factor]
 
     def _batch(self, n: int, cond: RunConditioning, first: WindowInput, pairs: bool) -> dict[str, torch.Tensor]:
         if self._cond is not cond:  # a new run: the constant conditional rows change
@@ -276,19 +285,19 @@ class DenoiseStage:
 
     @torch.no_grad()
     def __call__(self, items: Sequence[WindowInput], cond: RunConditioning, *, cfg: bool = True, wfm: bool = True,
-                 cache: dict[int, tuple[bool, Tensors]] | None = None, kv_downsample: int = 1) -> list[WindowOutput]:
+                 cache: dict[int, tuple[bool, Tensors]] | None = None, first: int = 0) -> list[WindowOutput]:
         """One evaluation of ``items``: both CFG rows (``cfg``) or the conditional ones; with a
-        ``cache``, the WFM runs only when ``wfm`` (else its cached outputs are reused)."""
+        ``cache``, the WFM runs only when ``wfm`` (else its cached outputs are reused). ``first``: the
+        run's index of ``items[0]``, so that the cache keys each window group by its place in the run."""
         outputs: list[WindowOutput] = []
         pairs = cfg or (cache is None and "denoiser_cond" not in self.backend)
         for start in range(0, len(items), self.per_call):
             group = items[start : start + self.per_call]
             feeds = self._fill(group, cond, pairs)
-            with self._approximations(kv_downsample):
-                if cache is None:
-                    out = self.backend.run("denoiser" if pairs else "denoiser_cond", **feeds)
-                else:
-                    out = self._split(feeds, pairs, wfm, cache, start)
+            if cache is None:
+                out = self.backend.run("denoiser" if pairs else "denoiser_cond", **feeds)
+            else:
+                out = self._split(feeds, pairs, wfm, cache, first + start)
             rows = 2 if pairs else 1
             unet_out = out["unet_out"].unflatten(0, (len(group), rows))  # [n, rows, T, 4, h, w]
             infofill = out["infofill"].unflatten(0, (len(group), rows))
@@ -315,15 +324,6 @@ class DenoiseStage:
         inputs.update({n: held[n] for n in unet_spec.input_names[4:]})
         return {"unet_out": self.backend.run("unet" + suffix, **inputs)["unet_out"], "infofill": held["infofill"]}
 
-    def _approximations(self, kv: int) -> contextlib.AbstractContextManager:
-        if kv == 1:
-            return contextlib.nullcontext()
-        nets = self.backend.nets
-        if nets is None:
-            raise ValueError(f"kv_downsample {kv} changes the networks: it runs on the torch backend only")
-        return kv_downsample(nets.denoiser, kv)
-
-
 def _conditional_rows(t: torch.Tensor, windows: int) -> torch.Tensor:
     """The conditional rows of a pair-batched tensor: [2n, ...] or [2n*T, ...] (frames in the batch)."""
     pairs = t.unflatten(0, (windows, 2, -1))  # [n, 2, T or 1, ...]
@@ -336,7 +336,7 @@ def _conditional_rows(t: torch.Tensor, windows: int) -> torch.Tensor:
 class DecodeStage:
     """Latents -> frames in [0, 1] and uint8 (truncated, as the release), several frames per call."""
 
-    def __init__(self, backend: Backend, cfg: RunConfig) -> None:
+    def __init__(self, backend: Backend, cfg: EngineConfig) -> None:
         self.backend = backend
         self.dtype = getattr(torch, cfg.dtype)
         self.scale = 1 / cfg.model.vae.get("scaling_factor", VAE_SCALE)
@@ -370,13 +370,14 @@ def to_uint8(frames01: torch.Tensor) -> np.ndarray:
 class Stages:
     """The stateless-between-runs stages of one engine; a MotionStage is made per run (anchor)."""
 
+    cfg: EngineConfig
     source: SourceStage
     denoise: DenoiseStage
     decode: DecodeStage
 
     @classmethod
-    def build(cls, backend: Backend, cfg: RunConfig) -> Stages:
-        return cls(SourceStage(backend, cfg), DenoiseStage(backend, cfg), DecodeStage(backend, cfg))
+    def build(cls, backend: Backend, cfg: EngineConfig) -> Stages:
+        return cls(cfg, SourceStage(backend, cfg), DenoiseStage(backend, cfg), DecodeStage(backend, cfg))
 
     def motion(self, source: SourceFeatures, relative: bool = True,
                controls: MotionControls | None = None) -> MotionStage:

@@ -30,23 +30,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.config import modes
 from engine.config.controls import MotionControls
-from engine.config.settings import RunConfig
+from engine.config.modes import RunConfig, RunPlan
 from engine.diffusion import conditioning, sampling
 from engine.errors import EngineError
 from engine.models.liveportrait.motion_branch import to_model_input
-from engine.runtime.common import Noise, guidance_scales, timestep_for
+from engine.runtime.common import Noise, guidance_scales
 from engine.runtime.control import RunControl, StageTimer
 from engine.runtime.stages import (
     RunConditioning,
     SourceFeatures,
     SourceMotion,
     Stages,
-    WindowInput,
     float32_region,
     to_uint8,
 )
+from engine.runtime.step import DenoiseStep
 
 _END = object()
 STALL_SECONDS = 2.0  # input and output queues both full this long: the caller is not reading results
@@ -73,7 +72,7 @@ class Segment:
     plan counts from there); ``end`` (set by a switch) is its first frame that belongs to the next."""
 
     start: int
-    cond: RunConditioning
+    step: DenoiseStep  # the denoise step with this segment's source conditioning
     end: int | None = None
     received: int = 0  # relative to start, like every index below
     emitted: int = 0
@@ -139,18 +138,17 @@ class CausalWindows:
 class StreamRunner:
     """The worker side of a stream: queues in and out, three threads. ``engine.api`` wraps it."""
 
-    def __init__(self, stages: Stages, cfg: RunConfig, source: SourceFeatures, noise: Noise,
-                 relative: bool = True, control: RunControl | None = None, queue_frames: int = 32) -> None:
-        self.stages, self.cfg, self.noise = stages, cfg, noise
+    def __init__(self, stages: Stages, run: RunConfig, source: SourceFeatures, noise: Noise,
+                 control: RunControl | None = None, queue_frames: int = 32, plan: RunPlan | None = None) -> None:
+        self.stages, self.run, self.noise = stages, run, noise
         self.control = control or RunControl()
         self.timer = StageTimer(stages.denoise.backend.device)
-        self.plan = CausalWindows(cfg.windows.size, cfg.windows.overlap)
-        self.motion = stages.motion(source, relative, cfg.controls)
+        self.plan = CausalWindows(stages.cfg.windows.size, run.overlap)
+        self.motion = stages.motion(source, run.relative_motion, run.controls)
         self.cond = stages.source.conditioning(source, noise.aug)
-        s = cfg.sampler
-        self.schedule = sampling.make_schedule(s.sampler, s.steps, s.scheduler, s.schedule)
-        self.plan_evals = modes.eval_plan(s.sampler, self.schedule.sigmas, s.guidance_mode, s.wfm_every)
-        self.guidance = guidance_scales(cfg, self.plan.size).to(stages.denoise.backend.device)
+        self.run_plan = plan or RunPlan.of(run, stages.cfg.scheduler)  # computed once per run
+        self.guidance = guidance_scales(run, self.plan.size).to(stages.denoise.backend.device)
+        self.step = DenoiseStep(stages, self.cond, run.kv_downsample, self.run_plan.schedule, self.timer)
         # bounded queues: input frames, per-frame head latents, finished latents, output frames
         self.inputs: queue.Queue = queue.Queue(maxsize=queue_frames)
         self.heads_q: queue.Queue = queue.Queue(maxsize=self.plan.size)
@@ -158,7 +156,7 @@ class StreamRunner:
         self.outputs: queue.Queue = queue.Queue(maxsize=queue_frames)
         # denoise-worker state: segments (one per source; a finished one is dropped), each bounded by
         # the window size; more than one only within ``lookahead`` frames of a switch
-        self.segments: list[Segment] = [Segment(0, self.cond)]
+        self.segments: list[Segment] = [Segment(0, self.step)]
         self.pushed_at: dict[int, tuple[float, float | None]] = {}  # push time, stamp: frames not yet out
         self.windows_done = 0
         self._times_lock = threading.Lock()
@@ -276,7 +274,7 @@ class StreamRunner:
                 _, start, cond = item
                 last = self.segments[-1]
                 last.end = start
-                self.segments.append(Segment(start, cond))
+                self.segments.append(Segment(start, self.step.for_source(cond)))
                 continue
             index, heads = item
             for held in self.segments:
@@ -297,24 +295,19 @@ class StreamRunner:
         # index tensors made once per window: a Python list as a CUDA index blocks the host every step
         known_idx = torch.tensor(known_pos, device=dev)
         new_idx = torch.tensor(new_pos, device=dev)
-        schedule = self.schedule
-        plan = iter(self.plan_evals)
-        cache: dict | None = {} if self.cfg.sampler.wfm_every > 1 else None  # this window's WFM outputs (reuse)
+        plan = self.run_plan
+        evals = iter(plan.evals)
+        cache: dict | None = {} if plan.split else None  # this window's WFM outputs (reuse)
 
         def model_fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            ev = next(plan)
-            item = WindowInput(x, sigma, timestep_for(schedule, sigma), heads)
-            with self.timer("denoise"):
-                pred = self.stages.denoise([item], seg.cond, cfg=ev.cfg, wfm=ev.wfm, cache=cache,
-                                           kv_downsample=self.cfg.kv_downsample)[0].noise_pred
-            guided = pred[0] + self.guidance * (pred[1] - pred[0]) if ev.cfg else pred[0]
+            guided = seg.step(x, sigma, next(evals), None, lambda _: heads, self.guidance, cache=cache)
             denoised = sampling.v_to_x0(guided, x, sigma)
             if z0 is not None:
                 denoised.index_copy_(0, known_idx, z0)  # the release's first_n_frames pinning, in x0 form
             return denoised
 
-        x = self.noise.initial_latents(window, schedule).to(dev)
-        x = sampling.SAMPLERS[self.cfg.sampler.sampler](model_fn, x, schedule.sigmas, callback=self._step_done)
+        x = self.noise.initial_latents(window, plan.schedule).to(dev)
+        x = sampling.SAMPLERS[self.run.sampler](model_fn, x, plan.schedule.sigmas, callback=self._step_done)
         indices = [window[p] for p in new_pos]
         for p, i in zip(new_pos, indices, strict=True):
             seg.known[i] = x[p].clone()
@@ -338,7 +331,7 @@ class StreamRunner:
                 return
             indices, latents = item
             with self.timer("decode"):
-                frames = to_uint8(self.stages.decode(latents, tiny=self.cfg.decoder == "tiny"))
+                frames = to_uint8(self.stages.decode(latents, tiny=self.run_plan.tiny_decoder))
             now = time.perf_counter()
             for index, frame in zip(indices, frames, strict=True):
                 with self._times_lock:

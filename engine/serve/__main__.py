@@ -13,7 +13,9 @@ import sys
 from pathlib import Path
 
 from engine.cli.args import Parser, creatable_dir, existing_dir, finite_float, int_in, positive_int
-from engine.errors import EngineError
+from engine.config import presets
+from engine.config.settings import DTYPES
+from engine.errors import EngineError, InputError
 from engine.serve.config import DEFAULT_DATA, ServeConfig
 
 API_KEY_ENV = "FRVD_API_KEY"
@@ -22,11 +24,11 @@ API_KEY_ENV = "FRVD_API_KEY"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = Parser(prog="python -m engine.serve", description=__doc__,
                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--preset", choices=["tiny", "official"], default="tiny")
+    p.add_argument("--preset", choices=sorted(presets.PRESETS), default="tiny")
     p.add_argument("--weights", type=Path, default=None, help="the release's pretrained_weights/ folder")
     p.add_argument("--size", type=int_in(64, multiple_of=64), default=None, help="output side (default: the preset's)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    p.add_argument("--dtype", choices=DTYPES, default="float32")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it: set --api-key)")
     p.add_argument("--port", type=int_in(0, 65535), default=8000)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="jobs database, uploads and results")
@@ -65,8 +67,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ray-cpus", type=finite_float(0, lo_open=True), default=1.0, help="with --ray: CPUs per replica")
     p.add_argument("--ray-gpus", type=finite_float(0), default=0.0, help="with --ray: GPUs per replica")
     args = p.parse_args(argv)
-    if args.preset == "official" and args.weights is None:
-        p.error("--preset official needs --weights DIR (the release's pretrained_weights/ folder)")
+    try:
+        presets.require_weights(args.preset, args.weights)
+    except InputError as err:
+        p.error(str(err))
     return args
 
 
@@ -91,13 +95,12 @@ def tune_process() -> None:
     per stream session an owner, a reader and the engine's three workers). Must run before torch
     is imported and before any thread starts.
 
-    - Idle OpenMP workers sleep instead of spinning: each calling thread gets its own OpenMP team,
-      and spinning idle teams took the 2 cores from the busy ones (a 10 ms VAE call measured 0.6 s).
-      An explicit OMP_WAIT_POLICY wins.
+    - Idle OpenMP workers sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE, set once for every
+      engine process by ``engine/__init__.py``): each calling thread gets its own OpenMP team, and
+      spinning idle teams took the 2 cores from the busy ones (a 10 ms VAE call measured 0.6 s).
     - At most 2 glibc malloc arenas (unless MALLOC_ARENA_MAX is set): with one arena per new thread,
       fragmentation grew the server's RSS by ~10 % over 50 sessions; with 2 it stays flat (2 %).
     """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if "MALLOC_ARENA_MAX" not in os.environ and sys.platform.startswith("linux"):
         import ctypes
 

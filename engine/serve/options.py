@@ -1,25 +1,29 @@
 """Client options (multipart fields or the stream's JSON) -> ``RunOptions``, each bad value a 422
-naming its field. The checks are ``RunOptions.check`` itself, applied field by field so the error
-can say which field it was."""
+naming its field. The run fields are the knobs of ``RunConfig`` declared with ``serve=True`` (plus the
+mode); their types and checks are the declaration's, applied field by field so the error can say
+which field it was."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
+import typing
 from dataclasses import dataclass
 from typing import Any
 
 from engine.api import RunOptions
-from engine.config.controls import MotionControls
+from engine.config.knobs import base_type, knob_fields
+from engine.config.modes import RunConfig
 from engine.errors import InputError
 from engine.serve.config import ServeConfig
 from engine.serve.errors import invalid
 
-RUN_FIELDS = ("mode", "steps", "guidance", "sampler", "seed")  # passed to RunOptions when it has them
+_SERVED = [f.name for f, k in knob_fields(RunConfig) if k.serve]
+RUN_FIELDS = ("mode", *_SERVED)  # passed to RunOptions
 JOB_FIELDS = (*RUN_FIELDS, "size", "side_by_side", "max_frames", "absolute_motion")
-_INTS = {"steps", "seed", "size", "max_frames"}
-_FLOATS = {"guidance"}
-_BOOLS = {"side_by_side", "absolute_motion"}
+_HINTS = typing.get_type_hints(RunConfig)
+_INTS = {"size", "max_frames", *(n for n in _SERVED if base_type(_HINTS[n]) is int)}
+_FLOATS = {n for n in _SERVED if base_type(_HINTS[n]) is float}
+_BOOLS = {"side_by_side", "absolute_motion", *(n for n in _SERVED if base_type(_HINTS[n]) is bool)}
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
 GUIDANCE_RANGE = (0.0, 20.0)  # classifier-free guidance scales a client may ask for (the release uses 1-3)
 
@@ -31,14 +35,11 @@ class JobOptions:
     max_frames: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"run": dataclasses.asdict(self.run), "side_by_side": self.side_by_side, "max_frames": self.max_frames}
+        return {"run": self.run.to_json(), "side_by_side": self.side_by_side, "max_frames": self.max_frames}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> JobOptions:
-        run = dict(data["run"])
-        if isinstance(run.get("controls"), dict):
-            run["controls"] = MotionControls(**run["controls"])
-        return cls(RunOptions(**run), data["side_by_side"], data["max_frames"])
+        return cls(RunOptions.from_json(data["run"]), data["side_by_side"], data["max_frames"])
 
 
 def _convert(name: str, value: Any) -> Any:
@@ -76,16 +77,7 @@ def parse(values: dict[str, Any], config: ServeConfig, engine_size: int, allowed
         if name not in allowed:
             raise invalid(name, f"unknown option {name!r}", f"options are: {', '.join(allowed)}")
     given = {k: _convert(k, v) for k, v in values.items() if v is not None}
-    have = {f.name for f in dataclasses.fields(RunOptions)}
-    run: dict[str, Any] = {}
-    for name in RUN_FIELDS:
-        if name not in given:
-            continue
-        if name not in have:  # an engine without named modes runs the release's way only
-            if name == "mode" and given[name] == "exact":
-                continue
-            raise invalid(name, f"this engine has no {name} {given[name]!r}", "leave it out")
-        run[name] = given[name]
+    run: dict[str, Any] = {name: given[name] for name in RUN_FIELDS if name in given}
     if given.get("absolute_motion"):
         run["relative_motion"] = False
     if "steps" not in run and config.default_steps is not None:

@@ -87,7 +87,6 @@ def replica_app(config: dict[str, Any]) -> Any:
     from engine.serve.app import create_app
     from engine.serve.errors import ApiError
 
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     replica = serve.get_replica_context().replica_id.unique_id
     # no job engine: a replica serves no offline jobs (below), so it holds only its stream engines
     fields = {**config, "data": Path(config["data"]) / f"replica-{replica}", "job_engine": False}

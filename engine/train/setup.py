@@ -35,7 +35,7 @@ def build(preset: str, weights_dir: Path | None, init: str, seed: int, init_seed
     if init == "fresh":
         torch.manual_seed(seed)
         nets.denoiser.wfm = WarpingFeatureMapper.from_unet(nets.denoiser.unet)
-        nets.head_net = HeadNet(model.trunk_channels, model.latent_channels)
+        nets.head_net = HeadNet(model.trunk_channels, model.head_channels)
     elif init != "weights":
         load_trained_pair(nets, Path(init))
     return model, nets

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from engine.backends import create_backend
-from engine.config.settings import ModelConfig, RunConfig, SamplerConfig
+from engine.config.settings import EngineConfig, ModelConfig
 from engine.io import read_video
 from engine.models.networks import Networks
 from engine.train.step import TrainModules, set_batch_layout
@@ -22,13 +22,13 @@ def render_validation(nets: Networks, model: ModelConfig, modules: TrainModules,
     from engine.api import Reenactor, RunOptions
 
     frames = read_video(clip, size, max_frames=cfg.frames).frames
-    run_cfg = RunConfig(model=model, sampler=SamplerConfig(time_context=cfg.time_context), size=size,
-                        device=str(next(nets.denoiser.parameters()).device))
+    engine_cfg = EngineConfig(model=model, size=size, time_context=cfg.time_context,
+                              device=str(next(nets.denoiser.parameters()).device))
     set_batch_layout(modules, 2, cfg.time_context)  # inference batches are CFG pairs
     dtypes = {name: next(m.parameters()).dtype for name, m in nets.modules().items()}
     try:
-        nets.to(run_cfg.device, torch.float32)
-        engine = Reenactor(create_backend("torch", run_cfg, nets=nets), run_cfg, model.name)
+        nets.to(engine_cfg.device, torch.float32)
+        engine = Reenactor(create_backend("torch", engine_cfg, nets=nets), engine_cfg, model.name)
         out.parent.mkdir(parents=True, exist_ok=True)
         with torch.no_grad():
             engine.render(np.ascontiguousarray(frames[0]), frames, out, options=RunOptions(steps=cfg.val_steps),
