@@ -52,18 +52,20 @@ def ray_cluster() -> Iterator[str]:
             ray.shutdown()
 
 
-def _references(items: list[tuple[str, str, int, int]], folder: Path) -> dict[str, bytes]:
-    """What ``python -m engine.reenact`` writes for each item (the same API calls: one engine, one
-    ``render`` per item), in this process, with the actors' one thread."""
+def _references(items: list[tuple[str, str, int, int, dict]], folder: Path) -> dict[str, bytes]:
+    """What ``python -m engine.reenact`` writes for each item (the same API calls: one engine,
+    ``set_source`` and ``render`` per item), in this process, with the actors' one thread."""
     from engine.api import Reenactor, RunOptions
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with torch.no_grad(), Reenactor.from_preset("tiny") as engine:
-            for name, driving, steps, seed in items:
-                engine.render(ASSETS / "source.png", ASSETS / driving, folder / f"{name}.mp4",
-                              options=RunOptions(steps=steps, seed=seed, guidance=2.5), max_frames=4)
+            for name, driving, steps, seed, face in items:
+                source = engine.set_source(ASSETS / "source.png", face.get("align", "none"))
+                engine.render(source, ASSETS / driving, folder / f"{name}.mp4", max_frames=4,
+                              options=RunOptions(steps=steps, seed=seed, guidance=2.5),
+                              paste_back=face.get("paste_back", False))
     finally:
         torch.set_num_threads(threads)
     return {name: (folder / f"{name}.mp4").read_bytes() for name, *_ in items}
@@ -96,10 +98,11 @@ def test_batch_runner(ray_cluster: str, tmp_path: Path) -> None:
     inputs = tmp_path / "in"
     inputs.mkdir()
     (inputs / "broken.mp4").write_bytes(b"not a video")
-    items = [("a", "driving.mp4", 1, 0), ("b", "driving_audio.mp4", 2, 1), ("c", "driving.mp4", 1, 7),
-             ("d", "driving.mp4", 2, 3)]
+    pasted = {"align": "opencv", "paste_back": True}  # the face crop, pasted back into the 512x512 photo
+    items = [("a", "driving.mp4", 1, 0, {}), ("b", "driving_audio.mp4", 2, 1, {}), ("c", "driving.mp4", 1, 7, {}),
+             ("d", "driving.mp4", 2, 3, pasted)]
     rows = [{"source": str(ASSETS / "source.png"), "driving": str(ASSETS / d), "out": n, "steps": s, "seed": seed,
-             "max_frames": 4} for n, d, s, seed in items]
+             "max_frames": 4, **face} for n, d, s, seed, face in items]
     rows.insert(2, {"source": str(ASSETS / "source.png"), "driving": "broken.mp4", "out": "bad", "steps": 1})
     rows.append({"source": "nowhere.png", "driving": str(ASSETS / "driving.mp4"), "out": "missing"})
     manifest = inputs / "items.jsonl"
@@ -129,6 +132,12 @@ def test_batch_runner(ray_cluster: str, tmp_path: Path) -> None:
         assert len(re.findall(rf"item {name} committed", text)) == 1, text  # written exactly once
         assert (out / f"{name}.mp4").read_bytes() == refs[name], name  # bit for bit
     assert not [p for p in out.iterdir() if "partial" in p.name]
+    import av
+
+    for name, side in (("a", 128), ("d", 512)):  # the tiny engine's output; the photo, pasted back
+        with av.open(str(out / f"{name}.mp4")) as video:
+            assert (video.streams.video[0].width, video.streams.video[0].height) == (side, side), name
+    assert results["d"]["face"] == pasted and "face" not in results["a"]
 
     assert main([str(manifest), "--out", str(out), "--address", ray_cluster]) == 1  # 2 items still fail
     results = [json.loads(r) for r in (out / "results.jsonl").read_text().splitlines()]

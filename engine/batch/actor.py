@@ -61,8 +61,10 @@ class RenderWorker:
             src.write_bytes(source)
             drv.write_bytes(driving)
             out = folder / "out.mp4"
-            result = self.engine.render(src, drv, out, options=RunOptions(**item["options"]),
-                                        max_frames=item["max_frames"])
+            face = item.get("face", {})  # as engine.reenact: set_source (centre or face crop), then render
+            handle = self.engine.set_source(src, face.get("align", "none"), face.get("face_index"))
+            result = self.engine.render(handle, drv, out, options=RunOptions(**item["options"]),
+                                        max_frames=item["max_frames"], paste_back=face.get("paste_back", False))
             self.items += 1
             return {"ok": True, "video": out.read_bytes(), "sidecar": out.with_suffix(".json").read_bytes(),
                     "frames": result.num_frames, "seconds": time.perf_counter() - start,

@@ -2,7 +2,10 @@
 
 Columns (CSV header / JSON keys): ``source`` and ``driving`` (paths, relative to the manifest's folder),
 optional ``out`` (the output's name inside the output folder; ``.mp4`` is added), optional
-``max_frames``, and any field of ``engine.api.RunOptions`` (``mode``, ``steps``, ``seed``, ...). The
+``max_frames``, the face crop as ``engine.reenact``'s flags (``align``: none | auto | insightface |
+opencv, ``face_index``: which face, 0 = the largest, ``paste_back``: the result pasted back into the
+whole photo; one face per row: several faces of a photo are several rows), and any field of
+``engine.api.RunOptions`` (``mode``, ``steps``, ``seed``, ...). The
 per-item options are derived from that dataclass, never listed here: a knob added to ``RunOptions`` is a
 manifest column at once. An empty CSV cell (or a JSON null) means the option's default.
 
@@ -23,14 +26,17 @@ from typing import Any
 
 from engine.api import RunOptions
 from engine.errors import EngineError, InputError
+from engine.face.align import METHODS as ALIGN_METHODS
 
 FIXED_COLUMNS = ("source", "driving", "out", "max_frames")
+FACE_TYPES: dict[str, type] = {"align": str, "face_index": int, "paste_back": bool}  # set_source / render
+FACE_DEFAULTS: dict[str, Any] = {"align": "none", "face_index": None, "paste_back": False}
 
 
 # RunOptions keyword -> its scalar type (int, float, str, bool): the per-item options (the mode and every
 # run knob, as declared in engine.config.modes.RunConfig)
 OPTION_TYPES: dict[str, type] = RunOptions.types()
-COLUMNS = (*FIXED_COLUMNS, *OPTION_TYPES)
+COLUMNS = (*FIXED_COLUMNS, *FACE_TYPES, *OPTION_TYPES)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
@@ -44,6 +50,7 @@ class Item:
     source: Path
     driving: Path
     options: dict[str, Any] = field(default_factory=dict)  # RunOptions keyword arguments given by the row
+    face: dict[str, Any] = field(default_factory=dict)  # align / face_index / paste_back, where not the default
     max_frames: int | None = None
     error: str | None = None  # why this item cannot run (bad value, missing file), found before any render
 
@@ -53,14 +60,14 @@ class Item:
     def spec(self) -> dict[str, Any]:
         """What the item asks for, in the results manifest and the item's record."""
         return {"source": str(self.source), "driving": str(self.driving), "max_frames": self.max_frames,
-                "options": dict(self.options)}
+                "options": dict(self.options), **({"face": dict(self.face)} if self.face else {})}
 
 
 def _value(column: str, raw: Any) -> Any:
     """A cell (a CSV string or a JSON value) -> the option's type; None for empty."""
     if raw is None or (isinstance(raw, str) and raw.strip() == ""):
         return None
-    kind = int if column == "max_frames" else OPTION_TYPES[column]
+    kind = int if column == "max_frames" else FACE_TYPES.get(column) or OPTION_TYPES[column]
     if kind is bool:
         if isinstance(raw, bool):
             return raw
@@ -159,6 +166,7 @@ def _item(index: int, row: dict[str, Any], base: Path) -> Item:
         item.max_frames = _value("max_frames", row.get("max_frames"))
         item.options = {k: v for k in OPTION_TYPES if (v := _value(k, row.get(k))) is not None}
         item.run_options().check()
+        item.face = _face(row)
         if item.max_frames is not None and item.max_frames < 1:
             raise ValueError(f"max_frames must be >= 1, got {item.max_frames}")
         for what, p in (("source", item.source), ("driving", item.driving)):
@@ -167,6 +175,20 @@ def _item(index: int, row: dict[str, Any], base: Path) -> Item:
     except (ValueError, TypeError, EngineError) as err:
         item.error = str(err)
     return item
+
+
+def _face(row: dict[str, Any]) -> dict[str, Any]:
+    """The row's face crop, checked as engine.reenact checks its flags; defaults left out (so that an item
+    without these columns keeps the key it had before they existed)."""
+    face = {k: v for k in FACE_TYPES if (v := _value(k, row.get(k))) is not None and v != FACE_DEFAULTS[k]}
+    align = face.get("align", "none")
+    if align not in ("none", *ALIGN_METHODS):
+        raise ValueError(f"align must be one of none, {', '.join(ALIGN_METHODS)}, got {align!r}")
+    if align == "none" and (face.get("paste_back") or "face_index" in face):
+        raise ValueError("paste_back and face_index need align auto|insightface|opencv (a face crop)")
+    if face.get("face_index", 0) < 0:
+        raise ValueError(f"face_index must be >= 0 (0 = the largest face), got {face['face_index']}")
+    return face
 
 
 def file_digest(path: Path) -> str:
@@ -181,6 +203,7 @@ def item_key(item: Item, engine: dict[str, Any], source_sha: str, driving_sha: s
     """What decides an item's output: the engine, the item's options and the inputs' bytes. An output
     recorded under the same key is reused; any change (a new seed, an edited clip) renders again."""
     options = item.run_options().to_json()
-    blob = json.dumps({"engine": engine, "options": options, "max_frames": item.max_frames,
-                       "source": source_sha, "driving": driving_sha}, sort_keys=True, default=str)
+    what = {"engine": engine, "options": options, "max_frames": item.max_frames, "source": source_sha,
+            "driving": driving_sha, **({"face": item.face} if item.face else {})}
+    blob = json.dumps(what, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]

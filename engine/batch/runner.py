@@ -177,9 +177,9 @@ class BatchRun:
             queue.remove(o)
             o.attempts += 1
             o.actor = names[slot]
-            item = {"options": o.item.options, "max_frames": o.item.max_frames, "source": str(o.item.source),
-                    "driving": str(o.item.driving), "source_suffix": o.item.source.suffix,
-                    "driving_suffix": o.item.driving.suffix}
+            item = {"options": o.item.options, "face": o.item.face, "max_frames": o.item.max_frames,
+                    "source": str(o.item.source), "driving": str(o.item.driving),
+                    "source_suffix": o.item.source.suffix, "driving_suffix": o.item.driving.suffix}
             for path in (o.item.source, o.item.driving):
                 if path not in refs:
                     refs[path] = ray.put(path.read_bytes())
