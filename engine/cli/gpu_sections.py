@@ -259,6 +259,23 @@ def _tiny_frames(device: str, dtype: str, vae_fp32: bool = False) -> Any:
         return engine.render(source, driving, options=RunOptions(steps=2, seed=0)).frames
 
 
+def _tiny_stream_frames(device: str) -> Any:
+    """Frames of a 2-step tiny *stream* (three stage threads; on CUDA each on a stream of its own)."""
+    import numpy as np
+
+    from engine.api import EngineOptions, Reenactor, RunOptions
+
+    rng = np.random.default_rng(0)
+    with Reenactor.from_preset("tiny", EngineOptions(device=device)) as engine:
+        size = engine.cfg.size
+        source = engine.set_source(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+        with engine.stream(source, RunOptions(steps=2, seed=0)) as stream:
+            for frame in rng.integers(0, 256, (20, size, size, 3), dtype=np.uint8):
+                stream.push(frame)
+            stream.end()
+            return np.stack([out.frame for out in sorted(stream.results(), key=lambda o: o.index)])
+
+
 def tiny_pipeline() -> dict[str, Any]:
     """The tiny preset end to end on CUDA (float32 / float16 / bfloat16, and float16 with the VAE in
     float32) against CPU float32, in 8-bit levels. float32 must match to a few levels."""
@@ -272,7 +289,12 @@ def tiny_pipeline() -> dict[str, Any]:
         diff = abs(_tiny_frames("cuda", dtype, vae32).astype("float32") - ref)
         out[name] = {"max_abs_8bit": float(diff.max()), "mean_abs_8bit": float(diff.mean()),
                      "seconds": round(time.perf_counter() - t0, 2)}
-    out["passed"] = out["float32"]["max_abs_8bit"] <= 4  # half precisions are reported, not judged
+    t0 = time.perf_counter()
+    diff = abs(_tiny_stream_frames("cuda").astype("float32") - _tiny_stream_frames("cpu").astype("float32"))
+    out["stream_float32"] = {"max_abs_8bit": float(diff.max()), "mean_abs_8bit": float(diff.mean()),
+                             "seconds": round(time.perf_counter() - t0, 2)}
+    # half precisions are reported, not judged; the stream checks the per-stage CUDA streams' hand-offs
+    out["passed"] = out["float32"]["max_abs_8bit"] <= 4 and out["stream_float32"]["max_abs_8bit"] <= 4
     return out
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import bisect
+import contextlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -84,3 +86,37 @@ class HeadStore:
 
     def nbytes(self) -> int:
         return sum(c.numel() * c.element_size() for c in self.chunks)
+
+
+# ------------------------------------------------------------------------------ stage streams
+@contextlib.contextmanager
+def stage_stream(device: torch.device) -> Iterator[None]:
+    """Run the block on a CUDA stream of its own (nothing off CUDA). The stream's stage threads would
+    otherwise all queue their kernels on the device's one default stream, so the motion stage of the
+    next frames could not overlap the denoiser. What one stage hands another goes with ``ready_event``."""
+    if device.type != "cuda":
+        yield
+        return
+    with torch.cuda.stream(torch.cuda.Stream(device)):
+        yield
+
+
+def ready_event(device: torch.device) -> torch.cuda.Event | None:
+    """An event after the work this thread has queued so far (None off CUDA): the receiving stage's
+    stream waits for it before reading what was handed over. No host synchronisation."""
+    if device.type != "cuda":
+        return None
+    event = torch.cuda.Event()
+    event.record(torch.cuda.current_stream(device))
+    return event
+
+
+def wait_ready(event: torch.cuda.Event | None, device: torch.device, tensors: Iterable[torch.Tensor]) -> None:
+    """This thread's stream waits for ``event``; the tensors are marked as used on it, so the caching
+    allocator does not hand their memory back to the producing stream while this one still reads them."""
+    if event is None:
+        return
+    stream = torch.cuda.current_stream(device)
+    stream.wait_event(event)
+    for t in tensors:
+        t.record_stream(stream)

@@ -15,7 +15,8 @@ motion stage computes, for the ``lookahead`` frames after s, the head latents of
 frames < s are those of a run without the switch and the look-ahead bound holds across it.
 
 Three worker threads overlap the stages (motion ahead, denoise, decode), linked by bounded queues;
-nothing in the state grows with the stream's length.
+nothing in the state grows with the stream's length. On a GPU each thread queues its kernels on a CUDA
+stream of its own; a queue item carries an event its consumer's stream waits for.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from engine.config.modes import RunConfig, RunPlan
 from engine.diffusion import conditioning, sampling
 from engine.errors import EngineError
 from engine.models.liveportrait.motion_branch import to_model_input
-from engine.runtime.common import Noise, guidance_scales
+from engine.runtime.common import Noise, guidance_scales, ready_event, stage_stream, wait_ready
 from engine.runtime.control import RunControl, StageTimer
 from engine.runtime.stages import (
     RunConditioning,
@@ -162,6 +163,9 @@ class StreamRunner:
         self._times_lock = threading.Lock()
         self.error: BaseException | None = None
         self._stop = threading.Event()
+        self.device = stages.denoise.backend.device
+        if self.device.type == "cuda":  # the set-up above ran on the caller's stream: done before the workers read it
+            torch.cuda.current_stream(self.device).synchronize()
         self.threads = [threading.Thread(target=self._guard(fn), name=f"frvd-{fn.__name__}", daemon=True)
                         for fn in (self._motion_worker, self._denoise_worker, self._decode_worker)]
         for t in self.threads:
@@ -171,7 +175,8 @@ class StreamRunner:
     def _guard(self, fn: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:
             try:
-                fn()
+                with stage_stream(self.device):
+                    fn()
             except _Stopped:
                 pass
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer, re-raised there
@@ -250,7 +255,7 @@ class StreamRunner:
                         if end is None or index < end + reach:
                             heads[start] = self.motion.for_source(motion, info, rotation).head_latents[0]
             sources = [src for src in sources if src[1] is None or next_index < src[1] + reach]
-            self.put(self.heads_q, (index, heads))
+            self.put(self.heads_q, (index, heads, ready_event(self.device)))
 
     def _denoise_worker(self) -> None:
         ended = False
@@ -276,7 +281,8 @@ class StreamRunner:
                 last.end = start
                 self.segments.append(Segment(start, self.step.for_source(cond)))
                 continue
-            index, heads = item
+            index, heads, ready = item
+            wait_ready(ready, self.device, heads.values())
             for held in self.segments:
                 if held.start in heads:
                     held.heads[index - held.start] = heads[held.start]
@@ -319,7 +325,8 @@ class StreamRunner:
         for held in (seg.heads, seg.known):
             for i in [i for i in held if 0 < i < first]:
                 del held[i]
-        self.put(self.latents_q, ([seg.start + i for i in indices], x.index_select(0, new_idx)))
+        out = x.index_select(0, new_idx)
+        self.put(self.latents_q, ([seg.start + i for i in indices], out, ready_event(self.device)))
 
     def _step_done(self, i: int, x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> None:
         self.control.check()
@@ -329,7 +336,8 @@ class StreamRunner:
             item = self.get(self.latents_q)
             if item is _END:
                 return
-            indices, latents = item
+            indices, latents, ready = item
+            wait_ready(ready, self.device, [latents])
             with self.timer("decode"):
                 frames = to_uint8(self.stages.decode(latents, tiny=self.run_plan.tiny_decoder))
             now = time.perf_counter()
@@ -360,6 +368,8 @@ class StreamRunner:
     def switch_source(self, source: SourceFeatures) -> None:
         """The next pushed frames reenact ``source`` (its run conditioning computed here, on the caller's thread)."""
         cond = self.stages.source.conditioning(source, self.noise.aug)
+        if self.device.type == "cuda":  # computed on the caller's stream; a switch is rare, a sync is fine
+            torch.cuda.current_stream(self.device).synchronize()
         self._put_caller(self.inputs, SwitchSource(source.motion, cond), None)
 
     def _put_caller(self, q: queue.Queue, item: Any, timeout: float | None) -> None:
