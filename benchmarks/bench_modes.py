@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import asdict
@@ -179,17 +180,26 @@ def distilled_rows(args: argparse.Namespace, configs: list, knobs: dict, tflop: 
     if args.student is not None:
         info = read_info(args.student)[1]
         eng = Reenactor.from_preset("tiny", EngineOptions(student=args.student, tiny_decoder=args.tiny_decoder))
+        tag = f"student-{info.steps}step-kv{info.kv_downsample}"
         student = RunOptions(mode="ultra", steps=info.steps, kv_downsample=info.kv_downsample, decoder="full")
-        rows.append((f"student-{info.steps}step-kv{info.kv_downsample}", student, eng))
+        rows.append((tag, student, eng))
+        # fast and turbo on an engine given the student: its steps, their windows and WFM reuse
+        rows += [(f"{m}+{tag}", RunOptions(mode=m), eng) for m in ("fast", "turbo")]
         if args.tiny_decoder is not None:
-            rows.append((f"student-{info.steps}step-kv{info.kv_downsample}+tiny-decoder",
+            rows.append((f"{tag}+tiny-decoder",
                          RunOptions(mode="ultra", steps=info.steps, kv_downsample=info.kv_downsample), eng))
     for name, options, eng in rows:
         configs.append((name, options))
-        knobs[name] = modes.resolve(options.mode, **options.knobs())
+        knobs[name] = eng.run_config(options)  # the engine's resolution (a student changes it)
         tflop[name] = count_flops.cost_model("official", 100, 512, knobs=knobs[name])["per_frame"] / 1e12
         others[name] = (eng, eng.set_source(source_path))
     return others
+
+
+def machine() -> dict[str, Any]:
+    """Where the wall ratios were measured: a shared machine's load makes them noisy (interleaved rounds help)."""
+    return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "loadavg_start": list(os.getloadavg()),
+            "torch": torch.__version__}
 
 
 def pareto_png(report: dict[str, Any], path: Path) -> bool:
@@ -207,8 +217,9 @@ def pareto_png(report: dict[str, Any], path: Path) -> bool:
         ys = [max(rows[n]["latent_rel_err"], 1e-7) for n in names]
         ax.scatter(xs, ys, label=label, s=18)
         for n, x, y in zip(names, xs, ys, strict=True):
-            if n in modes.MODES:
-                ax.annotate(n, (x, y), fontsize=9, weight="bold")
+            if not n.startswith("dpmpp_2m-"):  # the named modes and the distilled rows; the sweep unlabelled
+                ax.annotate(n, (x, y), fontsize=7 if "+" in n or n.startswith("student") else 9,
+                            weight="bold" if n in modes.MODES else "normal")
     ax.axvline(report["tflop_per_frame"]["exact"], color="grey", ls="--", lw=0.8)
     ax.set(xscale="log", yscale="log", xlabel="TFLOP per output frame (official, 512², 100 frames)",
            ylabel="final-latent relative error vs exact",
@@ -241,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     source = engine.set_source(source_path)
     others = distilled_rows(args, configs, knobs, tflop, source_path)
     clip = np.random.default_rng(0).integers(0, 256, (args.frames, 128, 128, 3), dtype=np.uint8)
-    report: dict[str, Any] = {"note": NOTE, "tflop_per_frame": tflop,
+    report: dict[str, Any] = {"note": NOTE, "machine": machine(), "tflop_per_frame": tflop,
                               "knobs": {n: asdict(k) for n, k in knobs.items()}, "drift": {}}
     from engine.config import presets
     from engine.models.networks import build_tiny
@@ -264,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         row = report["drift"]["tiny"][name]
         print(f"{name:32s} {tflop[name]:11.2f} {tflop['exact'] / tflop[name]:7.2f} {row['wall_ratio_vs_exact']:10.3f} "
               f"{row['psnr_db']:8.2f} {row['ssim']:6.3f} {row['latent_rel_err']:10.3g}")
+    report["machine"]["loadavg_end"] = list(os.getloadavg())
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1, default=float) + "\n")
     if pareto_png(report, args.png):
