@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from engine.backends import BACKENDS, Backend, create_backend
+from engine.backends.artifacts import built_student
 from engine.config import presets
 from engine.config.controls import MotionControls
 from engine.config.knobs import check_knobs, knob
@@ -96,8 +97,6 @@ class EngineOptions:
         if self.vae_fp32 and self.backend != "torch":
             raise InputError("vae_fp32 keeps the torch VAE in float32: it applies to the torch backend only "
                              "(exported fp16 VAE graphs already run their normalisations in float32)")
-        if self.backend != "torch" and (self.student or self.tiny_decoder):
-            raise InputError("a student or tiny decoder runs on the torch backend only (not yet in built graphs)")
 
 
 @dataclass(frozen=True)
@@ -172,6 +171,8 @@ class Reenactor:
             scheduler=scheduler,
         )
         backend = create_backend(opts.backend, cfg, nets=nets, engines=opts.engines)
+        if nets is None:  # built graphs carry the student and tiny decoder they were built from (engine.build)
+            student = built_student(getattr(backend, "artifacts", {}), opts.student, opts.tiny_decoder, model)
         return cls(backend, cfg, preset, weights_dir, student)
 
     @classmethod

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.graphs.modules import ALL_GRAPH_NAMES, GRAPH_NAMES, GraphOptions, build_specs
+from engine.graphs.modules import ALL_GRAPH_NAMES, GRAPH_NAMES, OPTIONAL_GRAPH_NAMES, GraphOptions, build_specs
 from engine.graphs.spec import GraphSpec
 from export import attention_onnx, cache, check
 from export.cache import ArtifactStore, make_key
@@ -48,9 +48,9 @@ class BuildConfig:
             raise ValueError(f"precision must be fp32 or fp16, got {self.precision!r}")
         if self.attention is not None and self.attention not in attention_onnx.FORMS:
             raise ValueError(f"attention must be one of {attention_onnx.FORMS}, got {self.attention!r}")
-        unknown = sorted(set(self.graphs) - set(ALL_GRAPH_NAMES))
+        unknown = sorted(set(self.graphs) - set(ALL_GRAPH_NAMES + OPTIONAL_GRAPH_NAMES))
         if unknown:
-            raise ValueError(f"unknown graphs {unknown}; choose from {list(ALL_GRAPH_NAMES)}")
+            raise ValueError(f"unknown graphs {unknown}; choose from {list(ALL_GRAPH_NAMES + OPTIONAL_GRAPH_NAMES)}")
 
 
 def default_grid_sample(target: str) -> str:
@@ -80,7 +80,7 @@ class Builder:
         self.source, self.opts, self.cfg = source, opts, cfg
         self.out = Path(out)
         self.store = ArtifactStore(self.out)
-        self.specs = build_specs(source.model, opts, ALL_GRAPH_NAMES)
+        self.specs = build_specs(source.model, opts, ALL_GRAPH_NAMES + OPTIONAL_GRAPH_NAMES)
         self.tools = cache.tool_versions()
         self.code = cache.code_hash()
         self.attention = cfg.attention or attention_onnx.default_form(cfg.target)

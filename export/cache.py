@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from engine.graphs.artifacts import CACHE_FORMAT, META, ArtifactReader, Lookup, sha256_file, sha256_json
+from engine.graphs.artifacts import CACHE_FORMAT, META, ArtifactReader, Lookup, sha256_file, sha256_json, tensors_hash
 
 REPO = Path(__file__).resolve().parents[1]
 # Sources whose edits change what a graph computes or how it is written.
@@ -42,12 +42,7 @@ EXPORT_TOOLS = ("torch", "onnx", "onnxscript", "onnx-ir", "diffusers", "transfor
 
 def state_dict_hash(module: torch.nn.Module) -> str:
     """Hash of a module's tensors (names, dtypes, shapes, bytes): the identity of in-memory weights."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().cpu().contiguous().reshape(-1)  # 0-d tensors cannot be viewed as bytes
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
+    return tensors_hash(module.state_dict())
 
 
 def tool_versions(names: Iterable[str] = EXPORT_TOOLS) -> dict[str, str]:

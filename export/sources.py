@@ -97,12 +97,36 @@ def from_fixture(fixture_dir: Path, time_context: str = "release") -> NetworkSou
     return from_networks(nets, model, time_context, description)
 
 
+def with_distilled(source: NetworkSource, student: Path | None, tiny_decoder: Path | None) -> NetworkSource:
+    """``source`` with a distilled student's denoiser and HeadNet (engine.models.student) and/or a TAESD
+    decoder (engine.models.taesd) loaded into its networks, both recorded (file, sha256) in its description
+    so that an engine given the files can check its graphs were built from them."""
+    if student is None and tiny_decoder is None:
+        return source
+    from engine.graphs.artifacts import sha256_file
+    from engine.models import student as student_file
+    from engine.models import taesd
+
+    nets = source.networks()
+    description = dict(source.description)
+    if student is not None:
+        student_file.load_into(nets, Path(student))
+        description["student"] = {"file": str(student), "sha256": sha256_file(Path(student))}  # named in errors
+    if tiny_decoder is not None:
+        vae = source.model.vae
+        nets.tiny_decoder = taesd.load(Path(tiny_decoder), int(vae.get("latent_channels", 4)), taesd.width_for(vae))
+        description["tiny_decoder"] = {"file": str(tiny_decoder), "sha256": sha256_file(Path(tiny_decoder))}
+    return from_networks(nets, source.model, source.time_context, description)
+
+
 def load_source(description: dict[str, Any]) -> NetworkSource:
     """Rebuild the source a build recorded (engine.cli.verify compares backends with it)."""
     if description.get("kind") == "fixture":
         return from_fixture(Path(description["dir"]), description.get("time_context", "release"))
     if description.get("kind") == "preset":
         weights_dir = Path(description["weights"]) if description.get("weights") else None
-        return from_preset(description["preset"], weights_dir, int(description.get("seed", 0)),
-                           description.get("time_context", "release"))
+        source = from_preset(description["preset"], weights_dir, int(description.get("seed", 0)),
+                             description.get("time_context", "release"))
+        files = {k: Path(description[k]["file"]) if description.get(k) else None for k in ("student", "tiny_decoder")}
+        return with_distilled(source, files["student"], files["tiny_decoder"])
     raise ValueError(f"cannot rebuild networks from {description!r}")

@@ -20,7 +20,7 @@ from engine.cli.args import Parser, creatable_dir, existing_dir, finite_float, i
 from engine.config import presets
 from engine.config.settings import TIME_CONTEXTS
 from engine.errors import EngineError, InputError
-from engine.graphs.modules import ALL_GRAPH_NAMES, GRAPH_NAMES, GRID_SAMPLE_FORMS
+from engine.graphs.modules import ALL_GRAPH_NAMES, GRAPH_NAMES, GRID_SAMPLE_FORMS, OPTIONAL_GRAPH_NAMES
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,12 +31,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--target", choices=["onnx", "trt"], default="onnx")
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
     p.add_argument("--out", type=Path, required=True, help="engines folder (the cache lives there too)")
-    p.add_argument("--graphs", nargs="+", choices=ALL_GRAPH_NAMES, default=list(GRAPH_NAMES),
+    p.add_argument("--graphs", nargs="+", choices=ALL_GRAPH_NAMES + OPTIONAL_GRAPH_NAMES, default=list(GRAPH_NAMES),
                    help="graphs to build (default: the seven every mode uses; wfm, unet, wfm_cond, unet_cond, "
                         "denoiser_cond serve the fast modes)")
     # latents are size/8 and the UNet halves them three times: the side must divide by 64
     p.add_argument("--size", type=int_in(64, multiple_of=64), default=None,
                    help="output side in pixels, a multiple of 64 (default: the preset's)")
+    p.add_argument("--student", type=Path, default=None,
+                   help="a distilled student (python -m engine.distill): the graphs carry its weights")
+    p.add_argument("--tiny-decoder", type=Path, default=None,
+                   help="TAESD decoder weights: also builds the tiny_decoder graph (modes ultra, --decoder tiny)")
     p.add_argument("--seed", type=seed_int, default=0, help="tiny preset without --weights: the init seed")
     p.add_argument("--time-context", choices=TIME_CONTEXTS, default="release")
     p.add_argument("--grid-sample", choices=GRID_SAMPLE_FORMS, default=None,
@@ -58,6 +62,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         presets.require_weights(args.preset, args.weights)
     except InputError as err:
         p.error(str(err))
+    if args.tiny_decoder is not None and "tiny_decoder" not in args.graphs:
+        args.graphs.append("tiny_decoder")
+    if "tiny_decoder" in args.graphs and args.tiny_decoder is None:
+        p.error("--graphs tiny_decoder needs --tiny-decoder FILE (its weights)")
     return args
 
 
@@ -72,10 +80,11 @@ def run(args: argparse.Namespace) -> dict:
     from engine.graphs.modules import GraphOptions
     from export.build import BuildConfig, Builder, default_grid_sample, summary
     from export.cache import FileHashMemo
-    from export.sources import from_preset
+    from export.sources import from_preset, with_distilled
 
     memo = FileHashMemo(args.out / ".weights_hashes.json")
-    source = from_preset(args.preset, args.weights, args.seed, args.time_context, memo=memo)
+    source = with_distilled(from_preset(args.preset, args.weights, args.seed, args.time_context, memo=memo),
+                            args.student, args.tiny_decoder)
     opts = GraphOptions(
         image_size=args.size or source.model.image_size,
         max_windows=args.max_windows,

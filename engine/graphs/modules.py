@@ -473,7 +473,7 @@ def build_specs(model: ModelConfig, opts: GraphOptions, names: tuple[str, ...] =
             dims=(Dim("frames", 1, 1, opts.max_decode),),
             factory=TinyDecoderGraph,
             sample=_normal(1.0),
-            slots=(),
+            slots=("tiny_decoder",),
             config={"taesd": _hash(dict(TAESD, width=width_for(model.vae)))},
         ),
         GraphSpec(

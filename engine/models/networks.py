@@ -49,7 +49,8 @@ class Networks:
         return mods if self.tiny_decoder is None else {**mods, "tiny_decoder": self.tiny_decoder}
 
     def slots(self) -> dict[str, nn.Module]:
-        """The module each checkpoint file of the release fills (``weights.LAYOUT`` names)."""
+        """The module each checkpoint file of the release fills (``weights.LAYOUT`` names), and the tiny
+        decoder when given (its own file: the build cache keys the tiny_decoder graph on it)."""
         return {
             "appearance_feature_extractor": self.motion.appearance_feature_extractor,
             "motion_extractor": self.motion.motion_extractor,
@@ -60,7 +61,7 @@ class Networks:
             "unet": self.denoiser.unet,
             "vae": self.vae,
             "image_encoder": self.image_encoder,
-        }
+        } | ({"tiny_decoder": self.tiny_decoder} if self.tiny_decoder is not None else {})
 
     @property
     def time_context(self) -> str:
