@@ -33,8 +33,8 @@ FACE_TYPES: dict[str, type] = {"align": str, "face_index": int, "paste_back": bo
 FACE_DEFAULTS: dict[str, Any] = {"align": "none", "face_index": None, "paste_back": False}
 
 
-# RunOptions keyword -> its scalar type (int, float, str, bool): the per-item options (the mode and every
-# run knob, as declared in engine.config.modes.RunConfig)
+# RunOptions keyword -> its scalar type (int, float, str, bool): the per-item options (the mode, every
+# run knob and motion control, as declared in engine.config.modes.RunConfig and engine.config.controls)
 OPTION_TYPES: dict[str, type] = RunOptions.types()
 COLUMNS = (*FIXED_COLUMNS, *FACE_TYPES, *OPTION_TYPES)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

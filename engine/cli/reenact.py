@@ -20,6 +20,7 @@ from engine.api import EngineOptions, set_tf32
 from engine.cli.args import Parser, add_knob_arguments, existing_dir, knob_values, positive_int
 from engine.cli.progress import PROGRESS_MODES, make_progress
 from engine.config import presets
+from engine.config.controls import MotionControls
 from engine.config.modes import MODES, RunConfig, RunOptions
 from engine.config.presets import PRESETS
 from engine.errors import EngineError, InputError
@@ -56,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # engine.api.EngineOptions): flags, types, limits and help come from there
     add_knob_arguments(p.add_argument_group("run knobs (default: the mode's value)"), RunConfig,
                        default_is="the mode's")
+    add_knob_arguments(p.add_argument_group("motion controls (docs/controls.md)"), MotionControls)
     add_knob_arguments(p.add_argument_group("engine"), EngineOptions)
     p.add_argument("--max-frames", type=positive_int, default=None, help="use only the first N driving frames")
     p.add_argument("--absolute-motion", action="store_true", help="self-reenactment: absolute driving motion")
@@ -81,7 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # the run's options, checked here (a bad value: exit 2 before any network); the engine resolves them
     # once (on an engine carrying a student, fast and turbo take its knobs), runs and records the result
     try:
-        args.run = RunOptions(args.mode, **knob_values(args, RunConfig))
+        args.run = RunOptions(args.mode, **knob_values(args, RunConfig), **knob_values(args, MotionControls))
         args.run.check()
         args.engine_options = EngineOptions(**knob_values(args, EngineOptions))
         args.engine_options.check()

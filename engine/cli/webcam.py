@@ -24,11 +24,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
-from engine.cli.args import Parser, positive_int, seed_int
+from engine.cli.args import Parser, add_knob_arguments, knob_values, positive_int, seed_int
+from engine.config.controls import MotionControls
 from engine.config.presets import PRESETS
 from engine.errors import EngineError, InputError
 
@@ -91,6 +93,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--virtual-camera", action="store_true", help="send the result to a virtual camera (pyvirtualcam)")
     p.add_argument("--steps", type=positive_int, default=1, help="denoising steps (1 keeps it live)")
     p.add_argument("--seed", type=seed_int, default=0)
+    # the motion controls, declared once (engine.config.controls); a running stream may change them: the
+    # server's page does, between frames
+    add_knob_arguments(p.add_argument_group("motion controls (docs/controls.md)"), MotionControls)
     p.add_argument("--max-frames", type=positive_int, default=None, help="stop after N captured frames")
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="in-process engine")
     p.add_argument("--weights", type=Path, default=None, help="in-process engine: the release's weights folder")
@@ -131,6 +136,11 @@ def frames_of(cap: cv2.VideoCapture, max_frames: int | None, stop: threading.Eve
 
 
 # ----------------------------------------------------------------------------------- runners
+def controls_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The motion controls given on the command line (those left out: the defaults)."""
+    return knob_values(args, MotionControls)
+
+
 def run_local(args: argparse.Namespace, frames: Iterator[np.ndarray], emit: Callable[[Result], None]) -> str:
     from engine.api import EngineOptions, Reenactor, RunOptions
 
@@ -140,7 +150,7 @@ def run_local(args: argparse.Namespace, frames: Iterator[np.ndarray], emit: Call
         source = engine.set_source(args.source)
         captured: dict[int, float] = {}
         failure: list[BaseException] = []
-        with engine.stream(source, RunOptions(steps=args.steps, seed=args.seed)) as stream:
+        with engine.stream(source, RunOptions(steps=args.steps, seed=args.seed, **controls_of(args))) as stream:
 
             def feed() -> None:  # push blocks while the engine is behind: a file loses no frame
                 try:
@@ -174,7 +184,8 @@ def run_remote(args: argparse.Namespace, frames: Iterator[np.ndarray], emit: Cal
     url = args.server.rstrip("/") + "/v1/stream"
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
     start = {"type": "start", "source": {"data": base64.b64encode(args.source.read_bytes()).decode()},
-             "options": {"steps": args.steps, "seed": args.seed}, "queue": "block" if is_file else "drop_oldest"}
+             "options": {"steps": args.steps, "seed": args.seed, **controls_of(args)},
+             "queue": "block" if is_file else "drop_oldest"}
     try:
         ws = connect(url, additional_headers=headers, max_size=None, open_timeout=10)
     except (OSError, TimeoutError) as err:

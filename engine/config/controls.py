@@ -1,14 +1,17 @@
 """Motion controls: what of the driving motion reaches the source, and how smoothly (one run's or
-one stream's choices; a running stream may change them between frames). Their maths is
-``engine.models.liveportrait.motion_controls``; their effect is measured in docs/controls.md.
+one stream's choices; a running stream may change them between frames). Each control is declared
+once, below, with ``knob(...)`` (engine.config.knobs): the reenact and webcam CLIs' flags, the server's
+job fields and stream start options, engine.batch's manifest columns and ``RunOptions``' keywords all
+derive from these declarations. Their maths is ``engine.models.liveportrait.motion_controls``; their
+effect is measured in docs/controls.md.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from engine.config.knobs import knob, knob_fields
 from engine.errors import InputError
 
 # LivePortrait's implicit-keypoint indices for the lips and the eyes (its ``animation_region`` "lip"
@@ -22,31 +25,35 @@ SMOOTHED = ("pitch", "yaw", "roll", "t", "exp", "scale")  # what the warp consum
 
 @dataclass(frozen=True)
 class MotionControls:
-    """Per-frame choices over the driving motion; a running stream may change them between frames."""
+    """Per-frame choices over the driving motion; the defaults are the release's motion, bit for bit."""
 
-    smooth: float = 0.0  # causal smoothing strength in [0, 1]; 0: off
-    expression_scale: float = 1.0  # times the driving expression change since the first frame
-    pose_scale: float = 1.0  # times the head rotation/translation/zoom since the first frame
-    lock_pose: bool = False  # keep the source's head pose (expression only): pose_scale 0
-    lock_expression: bool = False  # keep the source's expression (head pose only): expression_scale 0
-    eyes: str = "driving"  # driving | source: where the eye keypoints' expression comes from
-    lips: str = "driving"  # driving | source
+    smooth: float = knob(0.0, "causal smoothing of the driving motion: strength 0 (off) .. 1", lo=0.0, hi=1.0,
+                         serve=True)
+    expression_scale: float = knob(1.0, "times the driving expression change since the first frame",
+                                   lo=0.0, hi=MAX_SCALE, serve=True)
+    pose_scale: float = knob(1.0, "times the head rotation, translation and zoom since the first frame",
+                             lo=0.0, hi=MAX_SCALE, serve=True)
+    lock_pose: bool = knob(False, "keep the source's head pose: expression only (pose scale 0)", serve=True)
+    lock_expression: bool = knob(False, "keep the source's expression: head pose only (expression scale 0)",
+                                 serve=True)
+    eyes: str = knob("driving", "where the eye keypoints' expression comes from", choices=REGION_SOURCES,
+                     serve=True)
+    lips: str = knob("driving", "where the lip keypoints' expression comes from", choices=REGION_SOURCES,
+                     serve=True)
 
     def check(self, relative: bool = True) -> None:
-        """One InputError naming the field for a bad value (or for controls that need ``relative`` motion)."""
-        for name, lo, hi in (("smooth", 0.0, 1.0), ("expression_scale", 0.0, MAX_SCALE),
-                             ("pose_scale", 0.0, MAX_SCALE)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise InputError(f"{name} must be a number, got {value!r}")
-            if not math.isfinite(value) or not lo <= value <= hi:
-                raise InputError(f"{name} must be a finite number in [{lo:g}, {hi:g}], got {value}")
-        for name in ("lock_pose", "lock_expression"):
-            if not isinstance(getattr(self, name), bool):
-                raise InputError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        for name in ("eyes", "lips"):
-            if getattr(self, name) not in REGION_SOURCES:
-                raise InputError(f"{name} must be one of {', '.join(REGION_SOURCES)}, got {getattr(self, name)!r}")
+        """One InputError naming the field for a bad value (of the wrong type, or outside its declaration's
+        limits), or for controls that need ``relative`` motion."""
+        for f, k in knob_fields(MotionControls):
+            value = getattr(self, f.name)
+            if isinstance(f.default, bool) and not isinstance(value, bool):
+                raise InputError(f"{f.name} must be true or false, got {value!r}")
+            if isinstance(f.default, float) and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise InputError(f"{f.name} must be a number, got {value!r}")
+            try:
+                k.check(f.name, value)
+            except ValueError as err:
+                raise InputError(str(err)) from None
         if not relative and self.changes_motion:
             raise InputError("motion controls (scales, locks, eyes/lips from the source) act on the motion "
                              "relative to the first frame: they need relative motion (drop absolute motion)")
@@ -65,20 +72,13 @@ class MotionControls:
         return (self.effective_pose_scale != 1.0 or self.effective_expression_scale != 1.0
                 or self.eyes != "driving" or self.lips != "driving")
 
-    @classmethod
-    def of(cls, obj: Any) -> MotionControls:
-        """The controls among the attributes of ``obj`` (run options, parsed arguments, a dict)."""
-        get = obj.get if isinstance(obj, dict) else lambda k, d: getattr(obj, k, d)
-        defaults = cls()
-        return cls(**{f.name: get(f.name, getattr(defaults, f.name)) for f in fields(cls)})
-
     def updated(self, **changes: Any) -> MotionControls:
-        unknown = set(changes) - CONTROL_NAMES
+        unknown = set(changes) - set(CONTROL_NAMES)
         if unknown:
-            raise InputError(f"unknown motion control(s) {sorted(unknown)}; controls are {sorted(CONTROL_NAMES)}")
+            raise InputError(f"unknown motion control(s) {sorted(unknown)}; controls are {', '.join(CONTROL_NAMES)}")
         new = replace(self, **changes)
         new.check()
         return new
 
 
-CONTROL_NAMES = frozenset(f.name for f in fields(MotionControls))
+CONTROL_NAMES = tuple(f.name for f in fields(MotionControls))  # in declaration order

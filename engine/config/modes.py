@@ -21,14 +21,14 @@ model counts it.
 from __future__ import annotations
 
 import typing
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import Field, asdict, dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
 import torch
 
-from engine.config.controls import MotionControls
-from engine.config.knobs import base_type, knob, knob_fields
+from engine.config.controls import CONTROL_NAMES, MotionControls
+from engine.config.knobs import Knob, base_type, knob, knob_fields
 from engine.config.settings import DECODERS, KV_FACTORS, SEED_MAX, SVD_XT_SCHEDULER
 from engine.diffusion import sampling
 from engine.diffusion.guidance import Guidance
@@ -76,7 +76,9 @@ class RunConfig:
 
 
 KNOB_NAMES = tuple(f.name for f, _ in knob_fields(RunConfig))
-OPTION_NAMES = (*KNOB_NAMES, "controls")  # what RunOptions takes besides the mode
+# every knob of a run, one declaration each: RunConfig's own, then its nested motion controls' (flat names)
+RUN_KNOBS: tuple[tuple[Field, Knob], ...] = (*knob_fields(RunConfig), *knob_fields(MotionControls))
+OPTION_NAMES = tuple(f.name for f, _ in RUN_KNOBS)  # what RunOptions takes besides the mode
 
 MODES: dict[str, RunConfig] = {
     "exact": RunConfig(),  # RunConfig's defaults are the release's
@@ -102,27 +104,32 @@ def resolve(mode: str = "exact", **overrides: Any) -> RunConfig:
     unknown = set(overrides) - set(OPTION_NAMES)
     if unknown:
         raise ValueError(f"unknown knobs {sorted(unknown)}; knobs are {', '.join(OPTION_NAMES)}")
-    run = replace(MODES[mode], **{k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    run = replace(MODES[mode], **{k: v for k, v in given.items() if k in KNOB_NAMES})
     run = replace(run, **{f.name: k.check(f.name, getattr(run, f.name)) for f, k in knob_fields(RunConfig)})
-    run.controls.check(run.relative_motion)
-    return run
+    controls = replace(run.controls, **{k: v for k, v in given.items() if k in CONTROL_NAMES})
+    controls.check(run.relative_motion)  # an InputError naming the control
+    return replace(run, controls=controls)
 
 
 class RunOptions:
     """One render's or stream's choices: ``mode`` (exact | fast | turbo | ultra) and any knob of ``RunConfig``
-    as a keyword (``RunOptions(steps=4, seed=3)``); a knob given overrides the mode's value, None or
-    absent means the mode's value. Immutable; ``resolve()`` gives the run's ``RunConfig``."""
+    or of its motion controls as a keyword (``RunOptions(steps=4, seed=3, lock_pose=True)``); a knob given
+    overrides the mode's value, None or absent means the mode's value. ``controls=MotionControls(...)``
+    gives every control at once. Immutable; ``resolve()`` gives the run's ``RunConfig``."""
 
     __slots__ = ("_given", "mode")
     mode: str
     _given: MappingProxyType[str, Any]
 
     def __init__(self, mode: str = "exact", **knobs: Any) -> None:
+        controls = knobs.pop("controls", None)
+        if controls is not None:  # every control of a MotionControls (or of its JSON form) given
+            every = asdict(controls) if isinstance(controls, MotionControls) else dict(controls)
+            knobs = {**every, **{k: v for k, v in knobs.items() if v is not None}}
         unknown = sorted(set(knobs) - set(OPTION_NAMES))
         if unknown:
             raise TypeError(f"unknown run options {unknown}; the knobs are {', '.join(OPTION_NAMES)}")
-        if isinstance(knobs.get("controls"), dict):  # as JSON holds them
-            knobs["controls"] = MotionControls(**knobs["controls"])
         object.__setattr__(self, "mode", mode)
         object.__setattr__(self, "_given", MappingProxyType({k: v for k, v in knobs.items() if v is not None}))
 
@@ -143,6 +150,11 @@ class RunOptions:
     def __repr__(self) -> str:
         return "RunOptions(" + ", ".join(f"{k}={v!r}" for k, v in self.to_json().items()) + ")"
 
+    @property
+    def controls(self) -> MotionControls:
+        """The motion controls these options give, the others at their defaults (no mode sets any)."""
+        return MotionControls(**{k: v for k, v in self._given.items() if k in CONTROL_NAMES})
+
     def knobs(self) -> dict[str, Any]:
         """The knobs given explicitly."""
         return dict(self._given)
@@ -151,8 +163,8 @@ class RunOptions:
     def types() -> dict[str, type]:
         """Every keyword RunOptions takes -> its scalar type (``int | None`` -> int), for front ends that
         convert text (manifests, forms)."""
-        hints = typing.get_type_hints(RunConfig)
-        return {"mode": str, **{name: base_type(hints[name]) for name in KNOB_NAMES}}
+        hints = {**typing.get_type_hints(RunConfig), **typing.get_type_hints(MotionControls)}
+        return {"mode": str, **{name: base_type(hints[name]) for name in OPTION_NAMES}}
 
     def replace(self, **changes: Any) -> RunOptions:
         values = {"mode": self.mode, **self._given, **changes}
@@ -169,7 +181,7 @@ class RunOptions:
         self.resolve()
 
     def to_json(self) -> dict[str, Any]:
-        return {"mode": self.mode, **{k: asdict(v) if k == "controls" else v for k, v in self._given.items()}}
+        return {"mode": self.mode, **self._given}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunOptions:

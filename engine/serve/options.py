@@ -1,29 +1,27 @@
 """Client options (multipart fields or the stream's JSON) -> ``RunOptions``, each bad value a 422
-naming its field. The run fields are the knobs of ``RunConfig`` declared with ``serve=True`` (plus the
-mode); their types and checks are the declaration's, applied field by field so the error can say
-which field it was."""
+naming its field. The run fields are the knobs of ``RunConfig`` and of its motion controls declared
+with ``serve=True`` (plus the mode); their types and checks are the declaration's, applied field by
+field so the error can say which field it was."""
 
 from __future__ import annotations
 
 import math
-import typing
 from dataclasses import dataclass
 from typing import Any
 
 from engine.api import RunOptions
-from engine.config.knobs import base_type, knob_fields
-from engine.config.modes import RunConfig
+from engine.config.modes import RUN_KNOBS
 from engine.errors import InputError
 from engine.serve.config import ServeConfig
 from engine.serve.errors import invalid
 
-_SERVED = [f.name for f, k in knob_fields(RunConfig) if k.serve]
+_SERVED = [f.name for f, k in RUN_KNOBS if k.serve]
 RUN_FIELDS = ("mode", *_SERVED)  # passed to RunOptions
 JOB_FIELDS = (*RUN_FIELDS, "size", "side_by_side", "max_frames", "absolute_motion")
-_HINTS = typing.get_type_hints(RunConfig)
-_INTS = {"size", "max_frames", *(n for n in _SERVED if base_type(_HINTS[n]) is int)}
-_FLOATS = {n for n in _SERVED if base_type(_HINTS[n]) is float}
-_BOOLS = {"side_by_side", "absolute_motion", *(n for n in _SERVED if base_type(_HINTS[n]) is bool)}
+_TYPES = RunOptions.types()
+_INTS = {"size", "max_frames", *(n for n in _SERVED if _TYPES[n] is int)}
+_FLOATS = {n for n in _SERVED if _TYPES[n] is float}
+_BOOLS = {"side_by_side", "absolute_motion", *(n for n in _SERVED if _TYPES[n] is bool)}
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
 GUIDANCE_RANGE = (0.0, 20.0)  # classifier-free guidance scales a client may ask for (the release uses 1-3)
 
@@ -56,7 +54,7 @@ def _convert(name: str, value: Any) -> Any:
             if not math.isfinite(number):
                 raise invalid(name, f"{name} must be a finite number, got {text!r}")
             lo, hi = GUIDANCE_RANGE
-            if not lo <= number <= hi:
+            if name == "guidance" and not lo <= number <= hi:  # the others: their declaration's limits
                 raise invalid(name, f"{name} must be between {lo:g} and {hi:g}, got {text!r}")
             return number
         if name in _BOOLS:

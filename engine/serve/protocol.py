@@ -9,7 +9,8 @@ Client -> server
     3. ``{"type": "end"}`` when no more frames follow (the rest is flushed), or just close. Frames
        that still arrive after it are ignored (counted as ``late``).
 Server -> client
-    ``{"type": "ready", ...}`` once, then binary result frames: ``OUT_HEADER`` (magic ``FRVO``,
+    ``{"type": "ready", ..., "controls": {...every motion control in force}}`` once, then binary
+    result frames: ``OUT_HEADER`` (magic ``FRVO``,
     uint32 index of the driving frame it answers - counting every frame the client sent, so dropped
     frames show as gaps -, float64 capture timestamp echoed, float32 server latency in ms from
     receiving the driving frame to sending this one) followed by a JPEG; ``{"type": "done",

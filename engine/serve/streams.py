@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future
+from dataclasses import asdict
 from pathlib import Path
 
 import cv2
@@ -255,7 +256,8 @@ class Session:
             stream = await asyncio.wrap_future(opened)
             await self.ws.send_json({"type": "ready", "session": self.id, "size": self.engine.size,
                                      "lookahead": stream.lookahead, "steady_lookahead": stream.steady_lookahead,
-                                     "queue": self.inbox.policy, "max_queue": self.inbox.maxlen})
+                                     "queue": self.inbox.policy, "max_queue": self.inbox.maxlen,
+                                     "controls": asdict(stream.controls)})
             tasks = [asyncio.create_task(self._receive_loop()), asyncio.create_task(self._send_loop())]
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             result = next(iter(done)).result()  # raises Close / WebSocketDisconnect

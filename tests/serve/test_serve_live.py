@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import json
 
-from serve_support import SOURCE, Server, clip_frames, jpeg, open_stream, run_stream
+from serve_support import SOURCE, Server, clip_frames, closed_with, jpeg, open_stream, run_stream
 
 from engine.serve.protocol import pack_in
 
@@ -58,3 +58,21 @@ def test_live_replies(server: Server) -> None:
     assert switched["type"] == "source"
     run = run_stream(ws, clip_frames(3))
     assert run.close_code == 1000 and [r[0] for r in run.results] == [0, 1, 2, 3]
+
+
+def test_a_stream_starts_with_the_controls_given(server: Server) -> None:
+    """Motion controls as stream start options (declared once, engine.config.controls): in force from the
+    first frame, as the ready message says."""
+    ws, ready = open_stream(server, options={"steps": 1, "lock_pose": True, "smooth": 0.25, "eyes": "source"})
+    assert ready["type"] == "ready"
+    assert {k: ready["controls"][k] for k in ("lock_pose", "smooth", "eyes", "lips")} == {
+        "lock_pose": True, "smooth": 0.25, "eyes": "source", "lips": "driving"}
+    run = run_stream(ws, clip_frames(2))
+    assert run.close_code == 1000 and [r[0] for r in run.results] == [0, 1]
+
+
+def test_a_bad_control_as_a_start_option_closes_4422_naming_it(server: Server) -> None:
+    ws, reply = open_stream(server, options={"steps": 1, "expression_scale": -2})
+    code, reason, texts = closed_with(ws)
+    assert code == 4422 and "expression_scale" in reason, (code, reason, reply, texts)
+
