@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from engine.models.approx import M, shared_copy
-from engine.models.time_context import SpatioTemporalTransformer
 
 
 def cond_view(denoiser: M) -> M:
@@ -18,6 +17,9 @@ def cond_view(denoiser: M) -> M:
     with the time-context layout that keeps each row's prediction what it is inside a release CFG pair
     (``release_cond``; ``fixed`` rows are independent anyway), set once here rather than switched
     around each call."""
+    # imported here: the runtime imports this module, and its torch path must import without diffusers
+    from engine.models.time_context import SpatioTemporalTransformer
+
     blocks = [m for m in denoiser.modules() if isinstance(m, SpatioTemporalTransformer)]
     if not blocks:
         return denoiser
