@@ -37,6 +37,7 @@ from engine.config.controls import MotionControls
 from engine.config.knobs import check_knobs, knob
 from engine.config.modes import RunConfig, RunOptions, RunPlan
 from engine.config.settings import DTYPES, TIME_CONTEXTS, EngineConfig, WindowConfig
+from engine.config.window_batch import auto_window_batch
 from engine.errors import EngineError, InputError, lazy_import
 from engine.face.align import METHODS as ALIGN_METHODS
 from engine.face.align import CropTransform, PasteBack, crop_transform, detect_faces
@@ -49,6 +50,7 @@ from engine.models.student import StudentInfo, check_run
 from engine.models.student import load_into as load_student
 from engine.models.student import mode_knobs as student_mode_knobs
 from engine.runtime import ExactRun, Noise, RunControl, StageTimer, StreamFrame, StreamRunner
+from engine.runtime.common import free_memory
 from engine.runtime.control import prefetch
 from engine.runtime.stages import SourceFeatures, Stages
 from engine.runtime.stream import StreamError
@@ -76,7 +78,9 @@ class EngineOptions:
     engines: Path | None = knob(None, "folder written by python -m engine.build --out (non-torch backends)")
     time_context: str = knob("release", "temporal-context layout: the release's (diffusers 0.27.2) or "
                                         "PR #7268's", choices=TIME_CONTEXTS)
-    window_batch: int = knob(1, "windows (each with its CFG pair) per denoiser call", lo=1)
+    window_batch: int | None = knob(None, "windows (each with its CFG pair) per denoiser call (default: as many as "
+                                          "half the free memory holds, at most 7 on a CPU; engine.config.window_batch)",
+                                    lo=1)
     init_seed: int = knob(0, "seeded weights of presets without a checkpoint (tiny)", lo=0, cli=False)
     vae_fp32: bool = knob(False, "float16/bfloat16 runs: keep the VAE in float32 (SVD's force_upcast; torch "
                                  "backend)")
@@ -167,7 +171,9 @@ class Reenactor:
             dtype=opts.dtype,
             device=opts.device,
             time_context=opts.time_context,
-            windows=WindowConfig(batch=opts.window_batch),
+            windows=WindowConfig(batch=opts.window_batch or auto_window_batch(
+                model, opts.size or model.image_size, opts.dtype, torch.device(opts.device).type,
+                free_memory(opts.device))),
             scheduler=scheduler,
         )
         backend = create_backend(opts.backend, cfg, nets=nets, engines=opts.engines)

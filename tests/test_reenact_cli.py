@@ -98,19 +98,6 @@ def test_same_seed_same_video_other_seed_differs() -> None:
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
-def test_window_batching_does_not_change_the_result() -> None:
-    from engine.api import EngineOptions, Reenactor, RunOptions
-    from engine.io import read_video
-
-    frames = read_video(reenact.DEFAULT_DRIVING, 128, max_frames=28).frames
-    one, three = (
-        Reenactor.from_preset("tiny", EngineOptions(window_batch=n)).render(
-            reenact.DEFAULT_SOURCE, frames, options=RunOptions(steps=2)).frames.astype(np.int16)
-        for n in (1, 3)
-    )
-    assert np.abs(one - three).max() <= 1  # uint8 truncation of float results equal to ~1e-6
-
-
 # ------------------------------------------------------------------------------------ bad input
 
 

@@ -127,6 +127,19 @@ def single_token_cross_attention(attn: Attention, context: torch.Tensor) -> torc
 _ROW_PAD = 64
 
 
+def by_pairs(mlp: nn.Module, rows: torch.Tensor) -> torch.Tensor:
+    """``mlp(rows)`` for a per-row MLP, two rows (one window's CFG pair) per call.
+
+    BLAS multiplies matrices of fewer than about 8 rows with other kernels than longer ones, so the
+    SVD time embeddings of a window's pair ([2, 128] -> [2, E]) would get different bits once several
+    windows share a call; evaluated a pair at a time they get exactly the bits of one window per call,
+    whatever the batch (engine.config.window_batch).
+    """
+    if _tracing() or rows.shape[0] <= 2:
+        return mlp(rows)
+    return torch.cat([mlp(rows[start : start + 2]) for start in range(0, rows.shape[0], 2)])
+
+
 def feed_forward(ff: FeedForward, x: torch.Tensor) -> torch.Tensor:
     """GEGLU feed-forward: ``proj -> a * gelu(gate) -> linear`` (the product formed in place), over
     blocks of rows (``CHUNK_ROWS`` per thread) so that the 8x-wide intermediate stays in cache."""

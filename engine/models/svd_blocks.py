@@ -322,10 +322,10 @@ def embed_conditions(
         )
     timestep = timestep.to(sample.device).reshape(-1).expand(batch)
 
-    # 2. time + added-time-id embeddings: [B] -> [B, E]
-    emb = model.time_embedding(model.time_proj(timestep).to(sample.dtype))
+    # 2. time + added-time-id embeddings: [B] -> [B, E], a CFG pair at a time (see block_ops.by_pairs)
+    emb = block_ops.by_pairs(model.time_embedding, model.time_proj(timestep).to(sample.dtype))
     time_embeds = model.add_time_proj(added_time_ids.flatten()).reshape(batch, -1).to(emb.dtype)
-    emb = emb + model.add_embedding(time_embeds)
+    emb = emb + block_ops.by_pairs(model.add_embedding, time_embeds)
 
     # 3. frames into the batch: [B, F, ...] -> [B*F, ...]
     sample = sample.flatten(0, 1)

@@ -1,9 +1,10 @@
-"""Pieces both schedulers use: the run's noise, guidance, and clip-long head-latent storage."""
+"""Pieces both schedulers use: the run's noise, guidance, clip-long head-latent storage; free memory."""
 
 from __future__ import annotations
 
 import bisect
 import contextlib
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -120,3 +121,19 @@ def wait_ready(event: torch.cuda.Event | None, device: torch.device, tensors: It
     stream.wait_event(event)
     for t in tensors:
         t.record_stream(stream)
+
+
+def free_memory(device: str) -> int:
+    """Bytes free for a new engine's work on ``device``: the GPU's free memory, or the host's available
+    physical memory (``MemAvailable``: free plus reclaimable caches) on a CPU."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return int(torch.cuda.mem_get_info(dev)[0])
+    try:
+        with open("/proc/meminfo") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
