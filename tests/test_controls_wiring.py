@@ -109,3 +109,18 @@ def test_lock_pose_on_the_cli_keeps_the_source_pose_for_every_frame(tmp_path: Pa
     rotations = torch.cat([r for _, _, r in seen])
     assert rotations.shape[0] >= 14 and (driving - driving[:1]).abs().max() > 1e-3  # the driving head turns
     assert torch.allclose(rotations, seen[0][0].expand_as(rotations), atol=1e-6)  # the source's pose, kept
+
+
+def test_the_webcam_takes_steps_seed_size_and_device_from_their_declarations(capsys) -> None:
+    from engine.config.settings import SEED_MAX
+
+    # its own default (one step keeps it live), the declared limits otherwise
+    assert webcam.run_options_of(webcam.parse_args([])) == {"steps": 1}
+    given = webcam.parse_args(["--steps", "3", "--seed", "7", "--size", "128", "--device", "cpu"])
+    assert webcam.run_options_of(given) == {"steps": 3, "seed": 7}
+    assert (given.size, given.device) == (128, "cpu")
+    for bad in (["--steps", "0"], ["--seed", str(SEED_MAX + 1)], ["--size", "100"]):
+        with pytest.raises(SystemExit) as exit_:
+            webcam.parse_args(bad)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and "error: " in err and err.count("\n") == 1, err

@@ -93,28 +93,32 @@ def _knob_type(name: str, base: type, k: Knob) -> Callable[[str], Any]:
 
 
 def add_knob_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup, cls: Any,
-                       default_is: str = "") -> None:
+                       default_is: str = "", only: tuple[str, ...] | None = None,
+                       defaults: dict[str, Any] | None = None) -> None:
     """One ``--flag`` per ``knob`` field of dataclass ``cls`` (engine.config.knobs) offered on the command
-    line: its type, limits, choices and help come from the declaration. A flag left out is absent from
-    the parsed namespace (``knob_values`` then leaves the declaration's default to apply);
-    ``default_is`` names who supplies that default (e.g. "the mode's")."""
+    line (or per field named in ``only``): its type, limits, choices and help come from the declaration.
+    A flag left out is absent from the parsed namespace (``knob_values`` then leaves the declaration's
+    default to apply), unless this tool sets its own default in ``defaults`` (e.g. the webcam's one
+    step); ``default_is`` names who supplies the default (e.g. "the mode's")."""
     hints = typing.get_type_hints(cls)
+    defaults = defaults or {}
     for f, k in knob_fields(cls):
-        if not k.cli:
+        if not k.cli or (only is not None and f.name not in only):
             continue
         flag = "--" + f.name.replace("_", "-")
+        default = defaults.get(f.name, f.default)
         if default_is:
-            shown = f"default: {default_is}; exact: {f.default}"
+            shown = f"default: {default_is}; exact: {default}"
         else:
-            shown = f"default: {f.default}" if f.default not in (None, False) else ""
+            shown = f"default: {default}" if default not in (None, False) else ""
         helptext = f"{k.help} ({shown})" if shown else k.help
         base = base_type(hints[f.name])
+        given = defaults.get(f.name, argparse.SUPPRESS)
         if base is bool:
-            p.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=k.help)
+            p.add_argument(flag, action="store_true", default=given, help=k.help)
         else:
             choices = list(k.choices) if k.choices is not None else None
-            p.add_argument(flag, type=_knob_type(f.name, base, k), choices=choices, default=argparse.SUPPRESS,
-                           help=helptext)
+            p.add_argument(flag, type=_knob_type(f.name, base, k), choices=choices, default=given, help=helptext)
 
 
 def knob_values(args: argparse.Namespace, cls: Any) -> dict[str, Any]:

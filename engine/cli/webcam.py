@@ -29,7 +29,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from engine.cli.args import Parser, add_knob_arguments, knob_values, positive_int, seed_int
+from engine.cli.args import Parser, add_knob_arguments, knob_values, positive_int
 from engine.config.controls import MotionControls
 from engine.config.presets import PRESETS
 from engine.errors import EngineError, InputError
@@ -82,6 +82,9 @@ class Meter:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from engine.api import EngineOptions
+    from engine.config.modes import RunConfig
+
     p = Parser(prog="python -m engine.webcam", description=__doc__,
                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="source portrait image")
@@ -91,16 +94,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="also write the result frames to this .mp4")
     p.add_argument("--show", action="store_true", help="show the result with fps and latency (needs a display)")
     p.add_argument("--virtual-camera", action="store_true", help="send the result to a virtual camera (pyvirtualcam)")
-    p.add_argument("--steps", type=positive_int, default=1, help="denoising steps (1 keeps it live)")
-    p.add_argument("--seed", type=seed_int, default=0)
+    # the run's knobs, declared once (engine.config.modes.RunConfig); one step by default keeps it live
+    add_knob_arguments(p.add_argument_group("run"), RunConfig, only=("steps", "seed"), defaults={"steps": 1})
     # the motion controls, declared once (engine.config.controls); a running stream may change them: the
     # server's page does, between frames
     add_knob_arguments(p.add_argument_group("motion controls (docs/controls.md)"), MotionControls)
     p.add_argument("--max-frames", type=positive_int, default=None, help="stop after N captured frames")
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="in-process engine")
     p.add_argument("--weights", type=Path, default=None, help="in-process engine: the release's weights folder")
-    p.add_argument("--size", type=int, default=None, help="in-process engine: output side")
-    p.add_argument("--device", default="cpu", help="in-process engine: device")
+    add_knob_arguments(p.add_argument_group("in-process engine"), EngineOptions, only=("size", "device"))
     return p.parse_args(argv)
 
 
@@ -141,16 +143,23 @@ def controls_of(args: argparse.Namespace) -> dict[str, Any]:
     return knob_values(args, MotionControls)
 
 
+def run_options_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's options: steps and seed (this tool's defaults: one step, seed 0) and the motion controls."""
+    from engine.config.modes import RunConfig
+
+    return {**knob_values(args, RunConfig), **controls_of(args)}
+
+
 def run_local(args: argparse.Namespace, frames: Iterator[np.ndarray], emit: Callable[[Result], None]) -> str:
     from engine.api import EngineOptions, Reenactor, RunOptions
 
-    engine = Reenactor.from_preset(args.preset, EngineOptions(size=args.size, device=args.device),
+    engine = Reenactor.from_preset(args.preset, EngineOptions(**knob_values(args, EngineOptions)),
                                    weights=args.weights)
     with engine:
         source = engine.set_source(args.source)
         captured: dict[int, float] = {}
         failure: list[BaseException] = []
-        with engine.stream(source, RunOptions(steps=args.steps, seed=args.seed, **controls_of(args))) as stream:
+        with engine.stream(source, RunOptions(**run_options_of(args))) as stream:
 
             def feed() -> None:  # push blocks while the engine is behind: a file loses no frame
                 try:
@@ -184,7 +193,7 @@ def run_remote(args: argparse.Namespace, frames: Iterator[np.ndarray], emit: Cal
     url = args.server.rstrip("/") + "/v1/stream"
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
     start = {"type": "start", "source": {"data": base64.b64encode(args.source.read_bytes()).decode()},
-             "options": {"steps": args.steps, "seed": args.seed, **controls_of(args)},
+             "options": run_options_of(args),
              "queue": "block" if is_file else "drop_oldest"}
     try:
         ws = connect(url, additional_headers=headers, max_size=None, open_timeout=10)
