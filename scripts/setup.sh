@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up (or refresh) the project's environment in ./.venv: pinned torch first, so pip never picks
-# a build we did not choose, then the package with its dev extras, then the kernels.
+# a build we did not choose, then the package with its dev extras; the kernels build alongside.
 #
 #   bash scripts/setup.sh                  # CPU torch (the default; what CI uses)
 #   bash scripts/setup.sh --cuda [TAG]     # CUDA torch from PyTorch's wheel index, TAG default cu128
@@ -55,6 +55,14 @@ LOCK=scripts/constraints-cpu.txt
 LOCK_ARGS=()
 if [ "${FRVD_LOCK:-1}" != 0 ]; then LOCK_ARGS=(-c "$LOCK"); fi
 
+# The kernel library needs no Python: build it while pip installs (waited for at the end)
+KERNELS_PID=""
+if [ -f scripts/build_kernels.sh ]; then
+  mkdir -p build
+  bash scripts/build_kernels.sh > build/kernels.log 2>&1 &
+  KERNELS_PID=$!
+fi
+
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
@@ -93,7 +101,12 @@ if [ "${FRVD_NO_BROWSER:-0}" != 1 ] && ! command -v chromium >/dev/null 2>&1 && 
     echo "setup: warning: could not install chromium with apt-get; the browser test will be skipped" >&2
   fi
 fi
-if [ -f scripts/build_kernels.sh ]; then
-  bash scripts/build_kernels.sh
+if [ -n "$KERNELS_PID" ]; then
+  if ! wait "$KERNELS_PID"; then
+    cat build/kernels.log >&2
+    echo "error: building the kernel library failed (log above; rerun: bash scripts/build_kernels.sh)" >&2
+    exit 1
+  fi
+  tail -n 1 build/kernels.log
 fi
 python -c "import torch; print(f'setup: torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}')"

@@ -75,10 +75,12 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 def _engine_identity(config: BatchConfig) -> dict[str, Any]:
     """The engine part of an item's key. Float results differ between a GPU and the CPU and, on the CPU,
-    between intra-op thread counts (reduction order), so both are part of it."""
+    between intra-op thread counts (reduction order), so both are part of it; the windows per call are
+    not (the same bits at any batch: tests/test_window_batch.py)."""
     from engine.api import EngineOptions
 
-    engine = {k: v for k, v in dataclasses.asdict(EngineOptions(**config.engine)).items() if k != "device"}
+    ignored = ("device", "window_batch")
+    engine = {k: v for k, v in dataclasses.asdict(EngineOptions(**config.engine)).items() if k not in ignored}
     return {"preset": config.preset, "weights": str(config.weights) if config.weights else None,
             "gpu": config.gpus_per_actor > 0, "threads": config.cpus_per_actor, **engine}
 

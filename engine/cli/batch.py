@@ -16,11 +16,13 @@ import logging
 import sys
 from pathlib import Path
 
-from engine.cli.args import Parser, existing_dir, finite_float, int_in, positive_int
+from engine.cli.args import Parser, add_knob_arguments, existing_dir, finite_float, knob_values, positive_int
 from engine.errors import EngineError, InputError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from engine.api import EngineOptions
+
     p = Parser(prog="python -m engine.batch", description=__doc__,
                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("manifest", type=Path, help="CSV or JSON Lines manifest (paths relative to its folder)")
@@ -28,10 +30,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--preset", choices=["tiny", "official"], default="tiny")
     p.add_argument("--weights", type=Path, default=None, help="the release's pretrained_weights/ folder "
                    "(the same path on every node)")
-    p.add_argument("--size", type=int_in(64, multiple_of=64), default=None, help="output side (default: the preset's)")
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
-    p.add_argument("--time-context", choices=["release", "fixed"], default="release")
-    p.add_argument("--window-batch", type=positive_int, default=1, help="windows per denoiser call")
+    # the engine's options, declared once (engine.api.EngineOptions)
+    add_knob_arguments(p.add_argument_group("engine"), EngineOptions,
+                       only=("size", "dtype", "time_context", "window_batch"))
     p.add_argument("--address", default=None, help="a running Ray cluster (e.g. ray://head:10001 or auto); "
                    "default: start a local one")
     p.add_argument("--actors", type=positive_int, default=None,
@@ -60,8 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.weights is not None:
             existing_dir(args.weights, "--weights", "release's pretrained_weights/ folder")
-        engine = {"size": args.size, "dtype": args.dtype, "time_context": args.time_context,
-                  "window_batch": args.window_batch}
+        engine = knob_values(args, EngineOptions)
         EngineOptions(**engine).check()
         if args.out.exists() and not args.out.is_dir():
             raise InputError(f"--out '{args.out}' is a file; give a folder")

@@ -27,15 +27,14 @@ raised); Ctrl-C / SIGTERM saves a checkpoint and exits 130.
 
 from __future__ import annotations
 
-import contextlib
+import argparse
 import json
-import shutil
 import sys
+import threading
 from pathlib import Path
 
-from engine.cli.args import Parser, creatable_dir, finite_float, int_in, positive_int, seed_int
+from engine.cli.args import Parser, creatable_dir, finite_float, int_in, positive_int, run_into, seed_int
 from engine.config import presets
-from engine.errors import EngineError
 
 
 def parser() -> Parser:
@@ -72,37 +71,30 @@ def parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    created = not args.out.exists()
+    return run_into(args.out, lambda stop: distill(args, stop))  # Ctrl-C / SIGTERM: a checkpoint, exit 130
+
+
+def distill(args: argparse.Namespace, stop: threading.Event) -> int:
+    """The run itself: checks, the config, then the loop (or Ray Train); its exit code."""
     from engine.distill.train import DistillConfig, distill_loop
-    from engine.train.optimise import stop_on_signals
 
-    signals = contextlib.ExitStack()
-    stop = signals.enter_context(stop_on_signals())
-    try:
-        if args.threads:
-            import torch
+    if args.threads:
+        import torch
 
-            torch.set_num_threads(args.threads)
-        creatable_dir(args.out, "--out")
-        cfg = DistillConfig(
-            what=args.what, data=args.data, out=args.out, preset=args.preset, weights=args.weights, size=args.size,
-            frames=args.frames, sample_rate=args.sample_rate, examples=args.examples, holdout=args.holdout,
-            k=args.steps, kv_downsample=args.kv_downsample, batch=args.batch, accumulate=args.accumulate,
-            iters=args.iters, lr=args.lr, warmup=args.warmup, max_grad_norm=args.max_grad_norm,
-            save_every=args.save_every, keep=args.keep, seed=args.seed, quiet=args.quiet)
-        if args.ray:
-            from engine.train.ray_train import fit_distill
+        torch.set_num_threads(args.threads)
+    creatable_dir(args.out, "--out")
+    cfg = DistillConfig(
+        what=args.what, data=args.data, out=args.out, preset=args.preset, weights=args.weights, size=args.size,
+        frames=args.frames, sample_rate=args.sample_rate, examples=args.examples, holdout=args.holdout,
+        k=args.steps, kv_downsample=args.kv_downsample, batch=args.batch, accumulate=args.accumulate,
+        iters=args.iters, lr=args.lr, warmup=args.warmup, max_grad_norm=args.max_grad_norm,
+        save_every=args.save_every, keep=args.keep, seed=args.seed, quiet=args.quiet)
+    if args.ray:
+        from engine.train.ray_train import fit_distill
 
-            report = fit_distill(cfg, args.ray, cpus_per_worker=args.threads or 1, address=args.ray_address)
-        else:
-            report = distill_loop(cfg, stop)
-    except EngineError as err:
-        if created and args.out.exists():
-            shutil.rmtree(args.out, ignore_errors=True)  # nothing half-written
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
-    finally:
-        signals.close()
+        report = fit_distill(cfg, args.ray, cpus_per_worker=args.threads or 1, address=args.ray_address)
+    else:
+        report = distill_loop(cfg, stop)
     if report is None:  # not the main process
         return 0
     if "stopped_at" in report:

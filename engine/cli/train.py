@@ -9,14 +9,14 @@ raised). Each ``RUN/checkpoint-N/`` holds the release's ``warping_feature_mapper
 
 from __future__ import annotations
 
-import contextlib
-import shutil
+import argparse
 import sys
+import threading
 from pathlib import Path
 
-from engine.cli.args import Parser, creatable_dir, finite_float, int_in, positive_int, seed_int
+from engine.cli.args import Parser, creatable_dir, finite_float, int_in, positive_int, run_into, seed_int
 from engine.config import presets
-from engine.errors import EngineError, InputError
+from engine.errors import InputError
 
 
 def parser() -> Parser:
@@ -62,50 +62,42 @@ def parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    created = not args.out.exists()
-    from engine.train.optimise import stop_on_signals
+    return run_into(args.out, lambda stop: train(args, stop))  # Ctrl-C / SIGTERM: a checkpoint, exit 130
 
-    signals = contextlib.ExitStack()
-    stop = signals.enter_context(stop_on_signals())  # Ctrl-C / SIGTERM: a checkpoint, then exit 130
-    try:
-        import torch
 
-        from engine.train.data import list_clips
-        from engine.train.loop import TrainConfig, train_loop
+def train(args: argparse.Namespace, stop: threading.Event) -> int:
+    """The run itself: checks, the config, then the loop (or Ray Train); its exit code."""
+    import torch
 
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        creatable_dir(args.out, "--out")
-        list_clips(args.data)  # a missing --data fails here, before any network is built
-        if args.init not in ("fresh", "weights") and not Path(args.init).is_dir():
-            raise InputError(f"--init {args.init}: not fresh, weights or an existing checkpoint folder")
-        if args.preset == "official" and args.weights is None:
-            raise InputError("--preset official needs --weights DIR (the release's pretrained_weights/)")
-        cfg = TrainConfig(
-            data=args.data, out=args.out, preset=args.preset, weights=args.weights, init=args.init, size=args.size,
-            frames=args.frames, sample_rate=args.sample_rate, batch=args.batch, accumulate=args.accumulate,
-            steps=args.steps, lr=args.lr, warmup=args.warmup, optimizer=args.optimizer, seed=args.seed,
-            device=args.device, precision=args.precision, gradient_checkpointing=args.gradient_checkpointing,
-            workers=args.workers, align=args.align, checkpoint_every=args.checkpoint_every, keep=args.keep,
-            log_every=args.log_every, validate_every=args.validate_every, val_clip=args.val_clip,
-            val_steps=args.val_steps,
-        )
-        if args.ray:
-            from engine.train.ray_train import fit
+    from engine.train.data import list_clips
+    from engine.train.loop import TrainConfig, train_loop
 
-            losses = fit(cfg, args.ray, use_gpu=args.ray_gpu, cpus_per_worker=args.threads or 1,
-                         address=args.ray_address)
-            print(f"train: {len(losses)} steps on {args.ray} Ray Train workers, last loss {losses[-1]:.5f} "
-                  f"-> {args.out}")
-            return 0
-        result = train_loop(cfg, stop)
-    except EngineError as err:
-        if created and args.out.exists():
-            shutil.rmtree(args.out, ignore_errors=True)  # nothing half-written
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
-    finally:
-        signals.close()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    creatable_dir(args.out, "--out")
+    list_clips(args.data)  # a missing --data fails here, before any network is built
+    if args.init not in ("fresh", "weights") and not Path(args.init).is_dir():
+        raise InputError(f"--init {args.init}: not fresh, weights or an existing checkpoint folder")
+    if args.preset == "official" and args.weights is None:
+        raise InputError("--preset official needs --weights DIR (the release's pretrained_weights/)")
+    cfg = TrainConfig(
+        data=args.data, out=args.out, preset=args.preset, weights=args.weights, init=args.init, size=args.size,
+        frames=args.frames, sample_rate=args.sample_rate, batch=args.batch, accumulate=args.accumulate,
+        steps=args.steps, lr=args.lr, warmup=args.warmup, optimizer=args.optimizer, seed=args.seed,
+        device=args.device, precision=args.precision, gradient_checkpointing=args.gradient_checkpointing,
+        workers=args.workers, align=args.align, checkpoint_every=args.checkpoint_every, keep=args.keep,
+        log_every=args.log_every, validate_every=args.validate_every, val_clip=args.val_clip,
+        val_steps=args.val_steps,
+    )
+    if args.ray:
+        from engine.train.ray_train import fit
+
+        losses = fit(cfg, args.ray, use_gpu=args.ray_gpu, cpus_per_worker=args.threads or 1,
+                     address=args.ray_address)
+        print(f"train: {len(losses)} steps on {args.ray} Ray Train workers, last loss {losses[-1]:.5f} "
+              f"-> {args.out}")
+        return 0
+    result = train_loop(cfg, stop)
     last = result.checkpoint
     print(f"{'stopped' if result.stopped else 'done'}: steps {result.start_step}->{result.end_step}, "
           f"{result.samples_per_s:.3f} samples/s, checkpoint {last}")
