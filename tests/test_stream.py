@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.api import Reenactor, RunOptions
+from engine.api import EngineOptions, Reenactor, RunOptions
 from engine.cli.reenact import DEFAULT_DRIVING, DEFAULT_SOURCE
 from engine.io import read_video
 from engine.runtime.stream import CausalWindows
@@ -76,12 +76,13 @@ def test_causality_changes_after_t_plus_lookahead_leave_frames_up_to_t_identical
     assert any(not np.array_equal(fa.frame, fb.frame) for fa, fb in zip(a[c:], b[c:], strict=True))
 
 
-def test_frames_are_emitted_before_the_lookahead_runs_out_and_state_stays_bounded(engine, clip) -> None:
+def test_frames_are_emitted_before_the_lookahead_runs_out_and_state_stays_bounded(clip) -> None:
     windows_wanted = (3, 30)
     n = 8 * windows_wanted[1] + 14
     frames = long_clip(clip, n)
     sizes = {}
-    with engine.stream(DEFAULT_SOURCE, FAST) as s:
+    # 64 px: 254 frames through the whole stream; the bounds are in frames, not pixels
+    with Reenactor.from_preset("tiny", EngineOptions(size=64)) as engine, engine.stream(DEFAULT_SOURCE, FAST) as s:
         got = []
         for j, frame in enumerate(frames):
             s.push(frame)
@@ -102,7 +103,7 @@ def test_frames_are_emitted_before_the_lookahead_runs_out_and_state_stays_bounde
     for w in windows_wanted:
         assert all(sizes[w][k] <= bounds[k] for k in bounds), sizes
     assert sizes[3]["known"] == sizes[30]["known"] == 13
-    assert all(f.frame.shape == (128, 128, 3) and f.latency > 0 for f in got)
+    assert all(f.frame.shape == (64, 64, 3) and f.latency > 0 for f in got)
 
 
 @pytest.mark.parametrize("n", [1, 14, 15])
