@@ -12,10 +12,11 @@
    The side run checks its output against the fixture's ``noise_pred_window`` before timing.
 2. **The plain UNet** (no residuals): ours against diffusers 0.27.2's class itself.
 3. **A whole exact run** (fixture pipeline weights, the fixture's driving clip tiled to ``--frames``,
-   ``--steps`` Euler steps): our total and denoise seconds, and a release-style estimate = our
-   non-denoise seconds + (our denoiser calls x the release-equivalent's per-call median). The release's
-   own motion branch is slower than ours (measured 2.8x in issue 8), so the estimate is a lower bound of
-   the release's time and the ratio a lower bound of our speed-up.
+   ``--steps`` Euler steps) at one window per call and at the default batch, interleaved: our total and
+   denoise seconds and whether both give the same frames; the motion branch side by side (ours against
+   the release's per-frame loop with torch's grid_sample on the same networks); and a release-style
+   estimate = our source/decode/writing seconds + (our window calls x the release-equivalent's per-call
+   median) + its motion branch (and, as a lower bound, with its motion counted at our speed).
 
 Each round runs both sides in fresh processes, one after the other, the order alternating (keeping both
 resident made our side's 2-thread timings stall for seconds at a time), ``--calls`` timed calls each
