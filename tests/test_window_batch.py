@@ -96,3 +96,12 @@ def test_the_default_batch_fits_the_budget() -> None:
         free = int((windows + 0.5) * per_window / BUDGET_SHARE)
         assert auto_window_batch(official, 512, "float16", "cuda", free) == windows
     assert auto_window_batch(official, 512, "float16", "cuda", 0) == 1
+
+
+def test_free_memory_on_the_host_is_what_the_kernel_says_is_available() -> None:
+    import os
+
+    from engine.runtime.common import free_memory
+
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert 0 < free_memory("cpu") <= total

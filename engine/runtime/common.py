@@ -127,7 +127,7 @@ def free_memory(device: str) -> int:
     """Bytes free for a new engine's work on ``device``: the GPU's free memory, or the host's available
     physical memory (``MemAvailable``: free plus reclaimable caches) on a CPU."""
     dev = torch.device(device)
-    if dev.type == "cuda":
+    if dev.type == "cuda" and torch.cuda.is_available():  # else whoever runs the graphs says why, not this
         return int(torch.cuda.mem_get_info(dev)[0])
     try:
         with open("/proc/meminfo") as info:
