@@ -12,9 +12,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import shutil
-import sys
-import threading
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +19,7 @@ from typing import Any, NoReturn
 
 from engine.config.knobs import Knob, base_type, knob_fields
 from engine.config.settings import SEED_MAX
-from engine.errors import EngineError, InputError
+from engine.errors import InputError
 
 __all__ = ["SEED_MAX", "Parser", "add_knob_arguments", "creatable_dir", "existing_dir", "finite_float", "int_in",
            "knob_values", "positive_int", "seed_int"]
@@ -159,19 +156,3 @@ def creatable_dir(path: Path, option: str) -> Path:
         raise InputError(f"{option} {path} cannot be created: {parent} is not writable")
     return path
 
-
-def run_into(out: Path, body: Callable[[threading.Event], int]) -> int:
-    """A command that writes a run folder ``out`` (train, distill): ``body(stop)`` runs with Ctrl-C and
-    SIGTERM setting ``stop`` (its loop then checkpoints and returns); bad input (an ``EngineError``) is
-    one ``error:`` line and its exit code, and a folder this run created is removed (nothing half-written)."""
-    from engine.train.optimise import stop_on_signals
-
-    created = not out.exists()
-    with stop_on_signals() as stop:
-        try:
-            return body(stop)
-        except EngineError as err:
-            if created and out.exists():
-                shutil.rmtree(out, ignore_errors=True)
-            print(f"error: {err}", file=sys.stderr)
-            return err.exit_code

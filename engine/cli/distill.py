@@ -33,7 +33,8 @@ import sys
 import threading
 from pathlib import Path
 
-from engine.cli.args import Parser, creatable_dir, finite_float, int_in, positive_int, run_into, seed_int
+from engine.cli.args import Parser, creatable_dir, finite_float, int_in, positive_int, seed_int
+from engine.cli.loop_runs import add_ray_arguments, run_into
 from engine.config import presets
 
 
@@ -63,9 +64,7 @@ def parser() -> Parser:
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true")
-    p.add_argument("--ray", type=positive_int, default=None, metavar="N",
-                   help="N data-parallel workers on Ray Train (engine.train.ray_train; docs/scale-out.md)")
-    p.add_argument("--ray-address", default=None, help="with --ray: a running Ray cluster (default: a local one)")
+    add_ray_arguments(p)
     return p
 
 
